@@ -1,0 +1,260 @@
+"""The app factory: one aiohttp ``Application``, every transport on one port (12.7.1).
+
+:func:`create_app` builds the shared pieces — the options, the event log, the counters, the
+registry of open connections — stores them under typed app keys (the chapter's
+``app.set('io', io)``), and lets each transport module add its routes. The routes that are
+no transport live here:
+
+* ``POST /publish`` — the chapter's 12.7.4 pattern: an HTTP route does the work (logs the
+  event), then every transport notifies its clients.
+* ``GET /stats`` — the counters; ``POST /drop`` — close the open streams of a transport so a
+  lesson can show a client reconnecting; ``GET /`` — the index of browser demos.
+
+:func:`serve` runs an app with byte counting at the socket; the CLI and the child process of
+``labserver.start()`` both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_server import Server
+
+from . import polling
+from .counters import Counters, counting_handler, counting_middleware
+from .errors import bad_request, json_error, json_errors
+from .events import MemoryLog
+from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
+from .options import Options
+
+log = logging.getLogger("labserver")
+
+#: Seconds that stopping waits for handlers to finish once every stream was told to close.
+SHUTDOWN_TIMEOUT_S = 0.5
+
+Closer = Callable[[], Awaitable[None]]
+
+
+class Connections:
+    """The open streams and sockets of each transport, so that ``POST /drop`` can close them."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, dict[int, Closer]] = {}
+        self._next = 0
+
+    @contextmanager
+    def track(self, transport: str, close: Closer) -> Iterator[None]:
+        """``with app[CONNECTIONS].track("sse", close): ...`` for the life of a connection."""
+        self._next += 1
+        key = self._next
+        self._open.setdefault(transport, {})[key] = close
+        try:
+            yield
+        finally:
+            self._open[transport].pop(key, None)
+
+    async def drop(self, transport: str) -> int:
+        """Close every open connection of ``transport`` (or of all, with ``"all"``)."""
+        names = list(self._open) if transport == "all" else [transport]
+        closers = [c for name in names for c in list(self._open.get(name, {}).values())]
+        await asyncio.gather(*(close() for close in closers), return_exceptions=True)
+        return len(closers)
+
+
+DROPPABLE = ("sse", "ws", "socketio", "all")
+
+
+def create_app(**options: Any) -> web.Application:
+    """The whole server as an aiohttp ``Application``; see ``Options`` for the options."""
+    opts = options.pop("_options", None) or Options.from_kwargs(**options)
+    app = web.Application(
+        middlewares=[json_errors, counting_middleware],
+        client_max_size=opts.max_message_bytes,
+    )
+    app[OPTIONS] = opts
+    app[LOG] = MemoryLog(opts.log_size, opts.queue_size)
+    app[COUNTERS] = Counters()
+    app[CONNECTIONS] = Connections()
+
+    app.router.add_get("/", index)
+    app.router.add_post("/publish", publish)
+    app.router.add_get("/stats", stats)
+    app.router.add_post("/drop", drop)
+    polling.setup(app)
+    app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:html|js|css|svg)}", static_file)
+
+    if opts.tick is not None:
+        app.cleanup_ctx.append(ticker)
+    app.on_shutdown.append(close_connections)
+    return app
+
+
+# --- routes that are no transport -------------------------------------------------------
+
+
+def check_token(request: web.Request) -> web.Response | None:
+    """``/publish`` and ``/drop`` need ``Authorization: Bearer <token>`` when a token is set."""
+    token = request.app[OPTIONS].publish_token
+    if token is None:
+        return None
+    given = request.headers.get("Authorization", "")
+    if secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return None
+    return json_error(
+        401, "publish_token required: send Authorization: Bearer <token>",
+        {"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    body = await request.read()  # raises 413 past max_message_bytes
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad_request("body must be valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad_request("body must be a JSON object")
+    return value
+
+
+async def publish(request: web.Request) -> web.Response:
+    """``{"data": <any JSON>}`` → one event to every transport; answers ``{"id": N}``."""
+    if (denied := check_token(request)) is not None:
+        return denied
+    body = await read_json_object(request)
+    if set(body) != {"data"}:
+        raise bad_request('body must be {"data": <any JSON>}')
+    event = await request.app[LOG].publish(body["data"])
+    return web.json_response({"id": event.id})
+
+
+def stats_snapshot(app: web.Application) -> dict[str, Any]:
+    event_log = app[LOG]
+    return {
+        "events": {
+            "published": event_log.published,
+            "last_id": event_log.last_id,
+            "log_size": len(event_log),
+            "log_capacity": event_log.log_size,
+        },
+        "transports": app[COUNTERS].snapshot(),
+    }
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(stats_snapshot(request.app), headers={"Cache-Control": "no-store"})
+
+
+async def drop(request: web.Request) -> web.Response:
+    """``{"transport": "sse" | "ws" | "socketio" | "all"}`` → ``{"dropped": n}``."""
+    if (denied := check_token(request)) is not None:
+        return denied
+    body = await read_json_object(request)
+    transport = body.get("transport")
+    if set(body) != {"transport"} or transport not in DROPPABLE:
+        raise bad_request(f"body must be {{\"transport\": one of {', '.join(DROPPABLE)}}}")
+    dropped = await request.app[CONNECTIONS].drop(transport)
+    return web.json_response({"dropped": dropped})
+
+
+def read_static(name: str) -> bytes | None:
+    path = resources.files("labserver").joinpath("static", name)
+    return path.read_bytes() if path.is_file() else None
+
+
+CONTENT_TYPES = {
+    "html": "text/html",
+    "js": "application/javascript",
+    "css": "text/css",
+    "svg": "image/svg+xml",
+}
+
+
+async def index(request: web.Request) -> web.Response:
+    return await static_file(request, "index.html")
+
+
+async def static_file(request: web.Request, name: str | None = None) -> web.Response:
+    """The demo pages in ``labserver/static``; they use relative URLs only."""
+    name = name or request.match_info["name"]
+    body = read_static(name)
+    if body is None:
+        raise web.HTTPNotFound()
+    kind = name.rsplit(".", 1)[-1]
+    return web.Response(body=body, content_type=CONTENT_TYPES[kind], charset="utf-8")
+
+
+# --- background work --------------------------------------------------------------------
+
+
+async def ticker(app: web.Application) -> Any:
+    """The chapter's ``setInterval(..., 3000)``: publish a status event every ``tick`` s."""
+
+    async def run() -> None:
+        tick_s = app[OPTIONS].tick
+        assert tick_s is not None
+        n = 0
+        while True:
+            await asyncio.sleep(tick_s)
+            n += 1
+            await app[LOG].publish({"text": "A message from the server.", "tick": n})
+
+    task = asyncio.create_task(run())
+    yield
+    task.cancel()
+
+
+async def close_connections(app: web.Application) -> None:
+    await app[CONNECTIONS].drop("all")
+
+
+# --- running it -------------------------------------------------------------------------
+
+
+class CountingAppRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections count their bytes at the socket."""
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        handler_cls = counting_handler(self.app[COUNTERS])
+
+        class CountingServer(Server):
+            def __call__(self) -> Any:
+                return handler_cls(self, loop=self._loop, **self._kwargs)
+
+        server.__class__ = CountingServer
+        return server
+
+
+async def serve(
+    app: web.Application,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``app`` until ``stop`` is set; ``on_ready(port)`` once it accepts connections."""
+    opts = app[OPTIONS]
+    runner = CountingAppRunner(
+        app,
+        handler_cancellation=True,  # a long poll whose client left stops waiting at once
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        access_log=None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
+    try:
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("labserver listening on http://%s:%d", opts.host, port)
+        if on_ready is not None:
+            on_ready(port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,234 @@
+"""The event log and its cursors: the one tricky part every transport shares.
+
+Theory of operation
+-------------------
+Every transport in this series delivers the *same* events. An event is published once
+(``POST /publish`` or ``srv.publish()``), gets the next id (1, 2, 3 …) and a timestamp, is
+serialised to JSON once, and is then handed to every transport:
+
+* **pull** transports (short polling, long polling) keep a *cursor*: "give me every event
+  whose id is greater than ``after``". They read the log: :meth:`EventLog.read` answers at
+  once, :meth:`EventLog.wait` holds until an event newer than the cursor exists.
+* **push** transports (SSE, WebSocket, Socket.IO) hold a :class:`Subscription`: a bounded
+  queue that :meth:`EventLog.publish` fills. A client that stops reading fills its queue; the
+  subscription is then marked *overflowed* and the transport drops that client (it may resume
+  with its last id). The publisher never waits for a slow client.
+
+The log keeps only the ``log_size`` most recent events. A cursor that points into the part
+that was dropped, or beyond the last id (the server restarted and counts from 1 again), cannot
+be answered without loss: :class:`Page` then says ``gap=True``, never silently.
+
+Gap rules, with ``oldest`` the smallest id still in the log and ``last`` the newest id:
+
+* ``after > last``: the cursor is from another life of the server → gap; the page holds the
+  whole log so that the client can start again from ``page.last_id``.
+* ``after < oldest - 1``: events ``after+1 … oldest-1`` were dropped → gap; the page holds
+  the whole log.
+* otherwise: no gap; the page holds the events with ``id > after``.
+
+:class:`EventLog` is the whole interface the transports use, so that a Redis-backed log (for
+scale-out) can replace :class:`MemoryLog` without touching them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+#: Events kept for cursors and resume (``log_size``). 1000 events of a few hundred bytes is a
+#: few hundred KiB: enough for a learner's client to be away for minutes at a tick of 1/s.
+DEFAULT_LOG_SIZE = 1000
+#: Events queued for one push client before it is dropped as too slow (``queue_size``).
+DEFAULT_QUEUE_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event: ``{"id": N, "data": ..., "ts": T}``, serialised once."""
+
+    id: int
+    data: Any
+    ts: float
+    json: str = field(repr=False)
+
+    @classmethod
+    def create(cls, id: int, data: Any, ts: float | None = None) -> Event:
+        ts = time.time() if ts is None else ts
+        text = json.dumps({"id": id, "data": data, "ts": ts}, separators=(",", ":"))
+        return cls(id=id, data=data, ts=ts, json=text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "data": self.data, "ts": self.ts}
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What a cursor read returns: the events after the cursor, the newest id, and the gap flag."""
+
+    events: tuple[Event, ...]
+    last_id: int
+    gap: bool
+    oldest_id: int  # smallest id still in the log (last_id + 1 when the log is empty)
+
+    def to_json(self) -> str:
+        """The polling answer, built from each event's ready-made JSON."""
+        body = ",".join(e.json for e in self.events)
+        gap = "true" if self.gap else "false"
+        return f'{{"events":[{body}],"last_id":{self.last_id},"gap":{gap}}}'
+
+
+class Subscription:
+    """A push client's bounded queue of events. ``overflowed`` is set when it filled up."""
+
+    def __init__(self, log: EventLog, maxsize: int) -> None:
+        self._log = log
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.overflowed = asyncio.Event()
+
+    def offer(self, event: Event) -> None:
+        """Called by the log on publish; never blocks."""
+        if self.overflowed.is_set():
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+
+    async def get(self) -> Event | None:
+        """The next event, or ``None`` once the queue overflowed (drop this client)."""
+        if self.overflowed.is_set():
+            return None
+        getter = asyncio.ensure_future(self.queue.get())
+        overflow = asyncio.ensure_future(self.overflowed.wait())
+        try:
+            await asyncio.wait({getter, overflow}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            overflow.cancel()
+            if not getter.done():
+                getter.cancel()
+        if getter.done() and not getter.cancelled():
+            return getter.result()
+        return None
+
+    def close(self) -> None:
+        self._log.unsubscribe(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventLog(Protocol):
+    """The interface every transport uses. :class:`MemoryLog` is the single-process one."""
+
+    log_size: int
+    queue_size: int
+
+    async def publish(self, data: Any) -> Event: ...
+    def read(self, after: int) -> Page: ...
+    async def wait(self, after: int, timeout_s: float) -> Page: ...
+    def subscribe(self) -> Subscription: ...
+    def unsubscribe(self, sub: Subscription) -> None: ...
+    @property
+    def published(self) -> int: ...
+    @property
+    def last_id(self) -> int: ...
+    def __len__(self) -> int: ...
+
+
+class MemoryLog:
+    """The event log of one server process: a bounded deque plus the push subscriptions."""
+
+    def __init__(
+        self, log_size: int = DEFAULT_LOG_SIZE, queue_size: int = DEFAULT_QUEUE_SIZE
+    ) -> None:
+        if log_size < 1:
+            raise ValueError("log_size must be at least 1")
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.log_size = log_size
+        self.queue_size = queue_size
+        self._events: deque[Event] = deque(maxlen=log_size)
+        self._last_id = 0
+        self._published = 0
+        self._subscriptions: set[Subscription] = set()
+        self._changed = asyncio.Event()
+
+    @property
+    def published(self) -> int:
+        """Events published by this process."""
+        return self._published
+
+    @property
+    def last_id(self) -> int:
+        return self._last_id
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._events)
+
+    async def publish(self, data: Any) -> Event:
+        return self.append(Event.create(self._last_id + 1, data))
+
+    def append(self, event: Event) -> Event:
+        """Store an event that already has its id, and hand it to every subscriber."""
+        self._events.append(event)
+        self._last_id = event.id
+        self._published += 1
+        for sub in tuple(self._subscriptions):
+            sub.offer(event)
+        # Wake every long-poll waiter, then arm a fresh Event for the next publish.
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return event
+
+    def read(self, after: int) -> Page:
+        last = self._last_id
+        oldest = self._events[0].id if self._events else last + 1
+        if after > last or after < oldest - 1:
+            return Page(tuple(self._events), last, True, oldest)
+        if after == last:
+            return Page((), last, False, oldest)
+        start = after - oldest + 1  # ids in the deque are consecutive
+        events = tuple(self._events)[start:]
+        return Page(events, last, False, oldest)
+
+    async def wait(self, after: int, timeout_s: float) -> Page:
+        page = self.read(after)
+        if page.events or page.gap or timeout_s <= 0:
+            return page
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            changed = self._changed
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return self.read(after)
+            try:
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                return self.read(after)
+            page = self.read(after)
+            if page.events or page.gap:
+                return page
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self, self.queue_size)
+        self._subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subscriptions.discard(sub)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscriptions)

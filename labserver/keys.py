@@ -1,0 +1,23 @@
+"""Typed keys for the state an app shares with its handlers (aiohttp's ``web.AppKey``).
+
+This is the Python form of the chapter's ``app.set('io', io)`` / ``req.app.get('io')``: a
+route reaches the event log, the counters or the Socket.IO server as
+``request.app[LOG]``, ``request.app[COUNTERS]`` …, and a type checker knows what it gets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .app import Connections
+    from .counters import Counters
+    from .events import EventLog
+    from .options import Options
+
+OPTIONS: web.AppKey[Options] = web.AppKey("options")
+LOG: web.AppKey[EventLog] = web.AppKey("log")
+COUNTERS: web.AppKey[Counters] = web.AppKey("counters")
+CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")

@@ -1,0 +1,84 @@
+"""Short polling and long polling: the first row of the chapter's 12.1 table.
+
+*Short polling* (``GET /poll?after=ID``) answers at once with every event newer than the
+client's cursor — often none. The client asks again after an interval, so an event waits on
+average half an interval before anyone asks for it, and most answers are empty: "simple, but
+wastes a lot of server resources".
+
+*Long polling* (``GET /long-poll?after=ID&timeout=S``, RFC 6202 §2.1) holds the request until
+an event newer than the cursor exists or ``S`` seconds pass, so an answer leaves as soon as
+there is something to say: about one request per event, latency of a network round trip.
+
+Both answer the same JSON, ``{"events": [...], "last_id": N, "gap": bool}``; the client
+sends ``last_id`` back as its next ``after``. What to look at first: :func:`long_poll`, and
+how little it differs from :func:`poll`.
+"""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+
+from .errors import bad_request
+from .events import Page
+from .keys import COUNTERS, LOG
+from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
+
+
+def parse_after(request: web.Request) -> int:
+    """The client's cursor: ``after`` must be a non-negative integer (default 0)."""
+    text = request.query.get("after", "0")
+    if not text.isdigit() or len(text) > 18:
+        raise bad_request("after must be a non-negative integer")
+    return int(text)
+
+
+def parse_timeout_s(request: web.Request) -> float:
+    """How long a long poll may be held: 0 … LONG_POLL_MAX_S seconds (default 25)."""
+    text = request.query.get("timeout")
+    if text is None:
+        return LONG_POLL_DEFAULT_S
+    try:
+        timeout_s = float(text)
+    except ValueError:
+        raise bad_request("timeout must be a number of seconds") from None
+    if not math.isfinite(timeout_s) or not 0 <= timeout_s <= LONG_POLL_MAX_S:
+        raise bad_request(f"timeout must be between 0 and {LONG_POLL_MAX_S:g} seconds")
+    return timeout_s
+
+
+def page_response(request: web.Request, transport: str, page: Page) -> web.Response:
+    counters = request.app[COUNTERS][transport]
+    counters.messages_out += len(page.events)
+    if not page.events:
+        counters.empty += 1
+    return web.Response(
+        text=page.to_json(),
+        content_type="application/json",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def poll(request: web.Request) -> web.Response:
+    """Short polling: answer at once with what is newer than ``after``."""
+    after = parse_after(request)
+    return page_response(request, "poll", request.app[LOG].read(after))
+
+
+async def long_poll(request: web.Request) -> web.Response:
+    """Long polling: hold the request until there is something newer than ``after``."""
+    after = parse_after(request)
+    timeout_s = parse_timeout_s(request)
+    counters = request.app[COUNTERS]["long_poll"]
+    counters.open += 1
+    try:
+        page = await request.app[LOG].wait(after, timeout_s)
+    finally:
+        counters.open -= 1
+    return page_response(request, "long_poll", page)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/poll", poll)
+    app.router.add_get("/long-poll", long_poll)

@@ -1,0 +1,231 @@
+"""The handle a notebook cell uses: ``srv = labserver.start()`` runs the server in a child process.
+
+Why a child process: the client in the notebook and the server must not share one
+interpreter lock, or the latency a lesson measures is the lock's, not the transport's.
+
+How the child is tied to its parent: the parent holds the write end of a pipe that is the
+child's standard input. The child reads it until end-of-file, which comes when the parent calls
+:meth:`Server.stop` *or when the parent dies in any way* (kernel restart, crash, SIGKILL) — the
+kernel closes a dead process's pipes. That works on Linux and macOS alike, unlike Linux's
+``PR_SET_PDEATHSIG``. The child reports its port on its standard output, then sends its own
+output to a bounded log file (``srv.log_path``), so nothing it prints lands in a notebook cell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import logging.handlers
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from typing import Any
+
+from .counters import stats_diff
+from .options import Options
+
+#: How long ``start()`` waits for the child to answer before giving up.
+START_TIMEOUT_S = 20.0
+#: How long ``stop()`` waits for a clean exit before it terminates, then kills, the child.
+STOP_TIMEOUT_S = 1.5
+#: The child's log file is rotated past this size (one old file kept).
+LOG_MAX_BYTES = 1024 * 1024
+
+_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Server:
+    """A running labserver in a child process. Made by :func:`start`."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, options: Options,
+                 log_path: str) -> None:
+        self._process = process
+        self.port = port
+        self.options = options
+        self.log_path = log_path
+        host = "127.0.0.1" if options.host in ("0.0.0.0", "localhost") else options.host
+        self.url = f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def browser_url(self) -> str:
+        """Where a learner's browser reaches the server, always ending with ``/``.
+
+        On a laptop that is :attr:`url`. On a JupyterHub or Binder the browser is not on the
+        kernel's machine, so the page goes through jupyter-server-proxy at
+        ``<JUPYTERHUB_SERVICE_PREFIX>proxy/<port>/``.
+        """
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+        if prefix:
+            return f"{prefix.rstrip('/')}/proxy/{self.port}/"
+        return self.url + "/"
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.options.publish_token:
+            headers["Authorization"] = f"Bearer {self.options.publish_token}"
+        return headers
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers=self._headers())
+        with _no_proxy.open(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def publish(self, data: Any) -> int:
+        """Publish one event to every transport; returns its id."""
+        return self._call("POST", "/publish", {"data": data})["id"]
+
+    async def apublish(self, data: Any) -> int:
+        """:meth:`publish` for a cell that runs clients on the kernel's loop: it never blocks it."""
+        return (await self._acall("POST", "/publish", {"data": data}))["id"]
+
+    async def _acall(self, method: str, path: str, body: Any = None) -> Any:
+        import aiohttp  # the handle itself needs aiohttp only for the async calls
+
+        async with aiohttp.ClientSession() as session, session.request(
+            method, self.url + path, json=body, headers=self._headers()
+        ) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+    def stats(self) -> dict[str, Any]:
+        """The server's counters (``GET /stats``)."""
+        return self._call("GET", "/stats")
+
+    async def astats(self) -> dict[str, Any]:
+        return await self._acall("GET", "/stats")
+
+    def stats_since(self, before: dict[str, Any]) -> dict[str, Any]:
+        """The counters of one experiment: now minus ``before`` (an earlier :meth:`stats`)."""
+        return stats_diff(before, self.stats())
+
+    def drop(self, transport: str = "all") -> int:
+        """Close every open connection of a transport (``POST /drop``); returns how many."""
+        return self._call("POST", "/drop", {"transport": transport})["dropped"]
+
+    @property
+    def running(self) -> bool:
+        return self._process.poll() is None
+
+    def stop(self) -> None:
+        """Close every stream and socket and free the port, within about a second."""
+        if self._process.stdin and not self._process.stdin.closed:
+            self._process.stdin.close()  # end-of-file: the child shuts down cleanly
+        try:
+            self._process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._process.terminate()
+            try:
+                self._process.wait(1)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<labserver.Server {self.url} pid={self.pid} {state}>"
+
+    def __del__(self) -> None:
+        process = getattr(self, "_process", None)
+        if process is not None and process.poll() is None and process.stdin:
+            process.stdin.close()
+
+
+def start(**options: Any) -> Server:
+    """Start a labserver in a child process on a free loopback port; return once it answers."""
+    opts = Options.from_kwargs(**options)
+    fd, log_path = tempfile.mkstemp(prefix="labserver-", suffix=".log")
+    os.close(fd)
+    config = {
+        name: getattr(opts, name) for name in opts.__dataclass_fields__
+    }
+    config["log_path"] = log_path
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labserver.process"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "LABSERVER_CONFIG": json.dumps(config)},
+        start_new_session=True,  # Ctrl-C in a terminal or an interrupted cell is not its signal
+    )
+    assert process.stdout is not None
+    line = _read_line(process, START_TIMEOUT_S)
+    process.stdout.close()
+    try:
+        port = int(json.loads(line)["port"])
+    except (ValueError, KeyError, TypeError):
+        process.kill()
+        process.wait()
+        raise RuntimeError(f"labserver did not start; see {log_path}") from None
+    return Server(process, port, opts, log_path)
+
+
+def _read_line(process: subprocess.Popen[bytes], timeout_s: float) -> bytes:
+    result: list[bytes] = []
+    reader = threading.Thread(target=lambda: result.append(process.stdout.readline()),  # type: ignore[union-attr]
+                              daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return result[0] if result else b""
+
+
+# --- the child's side -------------------------------------------------------------------
+
+
+def _child_main() -> None:
+    from .app import create_app, serve
+
+    config = json.loads(os.environ["LABSERVER_CONFIG"])
+    log_path = config.pop("log_path")
+    handler = logging.handlers.RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES,
+                                                   backupCount=1)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    opts = Options.from_kwargs(**config)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        def wait_for_eof() -> None:
+            try:
+                while sys.stdin.buffer.read(4096):
+                    pass
+            finally:
+                loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=wait_for_eof, daemon=True).start()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+        def ready(port: int) -> None:
+            sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
+            sys.stdout.flush()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)  # nothing the server prints may land in a notebook cell
+
+        await serve(create_app(_options=opts), stop, ready)
+
+    started = time.monotonic()
+    asyncio.run(main())
+    logging.getLogger("labserver").info("stopped after %.1f s", time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    _child_main()
