@@ -1,0 +1,140 @@
+"""The routes that are no transport: publish, stats, drop, the index, errors, the token."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+import labserver
+from labserver.counters import stats_diff
+from labserver.options import Options
+
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def call(srv: labserver.Server, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(srv.url + path, data=body, method=method, headers=headers or {})
+    try:
+        with opener.open(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read()), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), dict(err.headers)
+
+
+def test_publish_answers_the_id_and_stats_count_it(srv: labserver.Server) -> None:
+    assert call(srv, "POST", "/publish", b'{"data": {"price": 101}}')[:2] == (200, {"id": 1})
+    status, body, _ = call(srv, "POST", "/publish", b'{"data": null}')
+    assert (status, body) == (200, {"id": 2})
+    stats = srv.stats()
+    assert stats["events"] == {"published": 2, "last_id": 2, "log_size": 2, "log_capacity": 1000}
+    assert set(stats["transports"]) == {"poll", "long_poll", "sse", "ws", "socketio"}
+    for counters in stats["transports"].values():
+        assert set(counters) == {"requests", "empty", "messages_out", "messages_in", "open",
+                                 "bytes_in", "bytes_out"}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "body must be valid JSON"),
+        (b"", "body must be valid JSON"),
+        (b"\xff\xfe", "body must be valid JSON"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (b'{"payload": 1}', 'body must be {"data": <any JSON>}'),
+        (b'{"data": 1, "extra": 2}', 'body must be {"data": <any JSON>}'),
+    ],
+)
+def test_bad_publish_bodies_get_400_and_publish_nothing(srv, body, reason) -> None:
+    assert call(srv, "POST", "/publish", body)[:2] == (400, {"error": reason})
+    assert srv.stats()["events"]["published"] == 0
+
+
+def test_body_over_the_limit_gets_413(make_server) -> None:
+    srv = make_server(max_message_bytes=1024)
+    big = json.dumps({"data": "x" * 2000}).encode()
+    status, body, _ = call(srv, "POST", "/publish", big)
+    assert (status, body) == (413, {"error": "request body too large: at most 1024 bytes"})
+    assert call(srv, "POST", "/publish", b'{"data": "fits"}')[:2] == (200, {"id": 1})
+
+
+def test_unknown_route_and_wrong_method_are_json(srv: labserver.Server) -> None:
+    assert call(srv, "GET", "/nowhere")[:2] == (404, {"error": "no such route"})
+    status, body, headers = call(srv, "GET", "/publish")
+    assert status == 405 and body["error"].startswith("method GET not allowed")
+    assert headers["Allow"] == "POST"
+    assert call(srv, "DELETE", "/poll")[0] == 405
+
+
+def test_drop_validates_its_body(srv: labserver.Server) -> None:
+    assert call(srv, "POST", "/drop", b'{"transport": "all"}')[:2] == (200, {"dropped": 0})
+    status, body, _ = call(srv, "POST", "/drop", b'{"transport": "pigeon"}')
+    assert status == 400 and "transport" in body["error"]
+
+
+def test_index_links_are_relative(srv: labserver.Server) -> None:
+    with opener.open(srv.url + "/", timeout=10) as resp:
+        html = resp.read().decode()
+        assert resp.headers["Content-Type"].startswith("text/html")
+    assert 'href="stats"' in html
+    assert 'href="/' not in html and "http://" not in html.replace("http://127.0.0.1:PORT", "")
+
+
+def test_publish_token_is_required_when_set(make_server) -> None:
+    srv = make_server(publish_token="s3cret-token-123")
+    denied = urllib.request.Request(srv.url + "/publish", data=b'{"data": 1}', method="POST")
+    status, body, headers = call(srv, "POST", "/publish", b'{"data": 1}')
+    assert status == 401 and "publish_token" in body["error"]
+    assert headers["WWW-Authenticate"] == "Bearer"
+    wrong = {"Authorization": "Bearer nope"}
+    assert call(srv, "POST", "/drop", b'{"transport": "all"}', wrong)[0] == 401
+    assert srv.publish("with token") == 1  # the handle sends the token
+    assert denied.data  # the raw request above carried no token
+    assert call(srv, "GET", "/poll")[0] == 200  # reading needs no token
+
+
+def test_a_non_loopback_host_gets_a_generated_token() -> None:
+    assert Options(host="0.0.0.0").publish_token
+    assert Options(host="127.0.0.1").publish_token is None
+    assert Options(host="::1").publish_token is None
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"log_size": 0}, {"queue_size": 0}, {"tick": 0}, {"max_message_bytes": 10},
+     {"socketio_transports": ["carrier-pigeon"]}, {"retry_ms": -1}],
+)
+def test_out_of_bounds_options_are_refused(options) -> None:
+    with pytest.raises(ValueError):
+        labserver.create_app(**options)
+
+
+def test_unknown_option_is_refused() -> None:
+    with pytest.raises(TypeError, match="unknown option"):
+        labserver.create_app(colour="red")
+
+
+def test_stats_diff_subtracts_counts_and_keeps_gauges() -> None:
+    before = {"events": {"published": 2, "last_id": 2, "log_size": 2},
+              "transports": {"poll": {"requests": 5, "open": 1, "bytes_out": 100}}}
+    after = {"events": {"published": 7, "last_id": 7, "log_size": 7},
+             "transports": {"poll": {"requests": 9, "open": 0, "bytes_out": 350}}}
+    assert stats_diff(before, after) == {
+        "events": {"published": 5, "last_id": 7, "log_size": 7},
+        "transports": {"poll": {"requests": 4, "open": 0, "bytes_out": 250}},
+    }
+
+
+def test_tick_publishes_on_its_own(make_server) -> None:
+    import time
+
+    srv = make_server(tick=0.1)
+    deadline = time.monotonic() + 5
+    while srv.stats()["events"]["published"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _, body, _ = call(srv, "GET", "/poll")
+    assert len(body["events"]) >= 3
+    assert body["events"][0]["data"] == {"text": "A message from the server.", "tick": 1}

@@ -1,0 +1,90 @@
+"""The handle: a server in a child process that starts fast, stops fast and dies with its parent."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+
+import labserver
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def pid_is_gone(pid: int, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_start_returns_a_server_that_answers() -> None:
+    with labserver.start() as srv:
+        assert srv.url == f"http://127.0.0.1:{srv.port}"
+        assert srv.browser_url == srv.url + "/"
+        assert srv.pid != os.getpid() and srv.running
+        assert srv.stats()["events"]["last_id"] == 0
+    assert not srv.running and port_is_free(srv.port)
+
+
+def test_browser_url_goes_through_the_hub_proxy(monkeypatch) -> None:
+    with labserver.start() as srv:
+        monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+        assert srv.browser_url == f"/user/ada/proxy/{srv.port}/"
+
+
+async def test_stop_closes_held_requests_within_about_a_second() -> None:
+    srv = labserver.start()
+    async with aiohttp.ClientSession() as session:
+        held = asyncio.create_task(session.get(srv.url + "/long-poll?timeout=60"))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+        assert time.monotonic() - started < 1.6
+        try:
+            await asyncio.wait_for(held, 2)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            pass
+    assert port_is_free(srv.port) and not srv.running
+
+
+PARENT = """
+import json, sys, time, labserver
+srv = labserver.start()
+print(json.dumps({"pid": srv.pid, "port": srv.port}), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_parent_leaves_no_server_behind() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE)
+    try:
+        child = json.loads(parent.stdout.readline())
+        assert not port_is_free(child["port"])
+        parent.send_signal(signal.SIGKILL)  # what a kernel restart does to the kernel
+        parent.wait(5)
+        assert pid_is_gone(child["pid"], within_s=5)
+        assert port_is_free(child["port"])
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_the_server_writes_nothing_to_the_parents_output() -> None:
+    code = "import labserver\nwith labserver.start() as s: s.publish(1); s.stats()\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == b"" and out.stderr == b""
