@@ -1,0 +1,263 @@
+"""Server-Sent Events: ``GET /sse``, the second row of the chapter's 12.1 table.
+
+The chapter says SSE is "server to client only; browsers use the ``EventSource`` object". This
+module is the server side of that sentence, written to the HTML Living Standard's "Server-sent
+events" section (§9.2): one long HTTP response of type ``text/event-stream``, UTF-8 text in
+*blocks* separated by a blank line, each line a ``field: value``. What goes on the wire:
+
+.. code-block:: text
+
+    retry: 3000            <- first: how long a browser waits before it reconnects
+                           <- (a blank line ends every block)
+    id: 7                  <- each event: its id, its type, its JSON ({"id", "data", "ts"})
+    event: news
+    data: {"id":7,"data":{"price":101},"ts":1764048000.12}
+
+    : ping                 <- a comment every heartbeat_s of silence, so that proxies and
+                              clients see a live connection; EventSource ignores it
+
+A browser remembers the last ``id:`` it saw and, when the stream breaks, reconnects by itself
+after ``retry`` milliseconds with the header ``Last-Event-ID: 7``. The server replays from the
+event log exactly the events after 7 — the resume pattern of :mod:`labserver.events`: subscribe
+*first*, then read the log, then skip in the subscription what the replay already sent. When the
+log no longer holds them (or the id is from an earlier life of the server), the stream says so
+with ``event: gap`` and ``data: {"after": 7, "oldest": N}`` before the events it still has; it
+never skips events silently. A client that cannot set headers resumes with ``?last_event_id=7``
+(the header wins when both are sent: a browser that opened ``sse?last_event_id=5`` sends the
+newer id in the header when it reconnects, to the same URL).
+
+The rest is what keeps one long response healthy:
+
+* ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no`` keep caches and proxies (nginx)
+  from holding the stream back; each event is written, and so flushed, on its own.
+* A client that goes away is noticed at once: ``serve()`` runs aiohttp with
+  ``handler_cancellation=True``, so a closed connection cancels this handler and ``open`` drops.
+  (Mounted in an app of your own without it, a gone client is noticed at the next write: the
+  next event or heartbeat, within ``heartbeat_s``.)
+* A client that stops reading fills its bounded :class:`~labserver.events.Subscription`
+  (``queue_size`` events); it is then dropped — its connection aborted, logged — and may resume
+  with its last id. The publisher and the other clients never wait for it.
+* ``POST /drop`` (and shutdown) ends every stream cleanly and closes its connection, so that a
+  lesson can watch an ``EventSource`` reconnect and resume.
+
+aiohttp sends a response without a length as ``Transfer-Encoding: chunked``, so each write
+also carries a chunk-size line and a CRLF; they are on the wire and counted in ``bytes_out``.
+``messages_out`` counts the events delivered (replays included), not the ``retry``, gap and
+heartbeat blocks. What to look at first: :func:`encode_block`, then :func:`stream_events`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from aiohttp import web
+
+from .counters import TransportCounters
+from .errors import bad_request
+from .events import Event, EventLog, Subscription
+from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
+from .options import Options
+
+log = logging.getLogger("labserver.sse")
+
+#: The event type of every published event: a browser listens with
+#: ``source.addEventListener("news", ...)`` (the chapter's Socket.IO ``emit('news', ...)``).
+NEWS = "news"
+#: The event type that reports events the log can no longer replay.
+GAP = "gap"
+#: The heartbeat: a comment line (it starts with a colon) and the blank line that ends a block.
+HEARTBEAT = b": ping\n\n"
+#: What keeps caches and proxies from buffering the stream (nginx reads ``X-Accel-Buffering``).
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+#: How long ending one stream may take (``POST /drop``, shutdown). A reading client takes the
+#: last chunk in microseconds; one that does not within a second is not reading and is aborted.
+#: ``stop()`` must finish within about a second, so this stays short.
+CLOSE_TIMEOUT_S = 1.0
+#: Ids are integers; 18 digits keep them within a 64-bit integer.
+MAX_ID_DIGITS = 18
+
+
+def encode_block(
+    data: str | None = None, *, id: int | None = None, event: str | None = None,
+    retry_ms: int | None = None, comment: str | None = None,
+) -> bytes:
+    """One block of the event stream: ``field: value`` lines in this order, then a blank line.
+
+    ``data`` may hold several lines: each becomes its own ``data:`` line, and a browser joins
+    them back with ``\\n`` (the standard's "data buffer"). Lines end with ``\\n`` only.
+    """
+    lines = []
+    if comment is not None:
+        lines.append(f": {comment}")
+    if retry_ms is not None:
+        lines.append(f"retry: {retry_ms}")
+    if id is not None:
+        lines.append(f"id: {id}")
+    if event is not None:
+        lines.append(f"event: {event}")
+    if data is not None:
+        lines.extend(f"data: {line}" for line in data.splitlines() or [""])
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def encode_event(event: Event) -> bytes:
+    """``id: N``, ``event: news``, ``data: <the event's JSON, serialised once, one line>``."""
+    return encode_block(event.json, id=event.id, event=NEWS)
+
+
+def encode_gap(after: int, oldest_id: int) -> bytes:
+    """``event: gap`` with ``{"after": ID, "oldest": N}``: events after ID up to N-1 are lost.
+
+    It carries no ``id:``, so the client's last event id stays the one it already had.
+    """
+    return encode_block(json.dumps({"after": after, "oldest": oldest_id}), event=GAP)
+
+
+def parse_last_event_id(request: web.Request) -> int | None:
+    """Where to resume: the ``Last-Event-ID`` header, else ``?last_event_id=``, else live only.
+
+    An empty value means "no id", as for a browser that has not seen one yet.
+    """
+    for source, text in (
+        ("Last-Event-ID", request.headers.get("Last-Event-ID")),
+        ("last_event_id", request.query.get("last_event_id")),
+    ):
+        if text is None or not text.strip():
+            continue
+        text = text.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS:
+            raise bad_request(f"{source} must be a non-negative integer (an event id)")
+        return int(text)
+    return None
+
+
+async def stream_events(
+    response: web.StreamResponse, event_log: EventLog, sub: Subscription,
+    last_event_id: int | None, opts: Options, counters: TransportCounters,
+) -> None:
+    """Write the stream: ``retry``, the replay, then each new event or a heartbeat.
+
+    ``sub`` was taken *before* the log is read here, so an event published in between is in
+    both; the subscription then skips what the replay already sent, by id. Returns when the
+    subscription overflowed (the handler drops this slow client) or the client went away.
+    """
+    await response.write(encode_block(retry_ms=opts.retry_ms))
+    sent_through = 0  # every event with an id <= this was sent, or precedes the client's cursor
+    if last_event_id is not None:
+        page = event_log.read(last_event_id)
+        if page.gap:
+            await response.write(encode_gap(last_event_id, page.oldest_id))
+        for event in page.events:
+            await response.write(encode_event(event))
+            counters.messages_out += 1
+        sent_through = page.last_id
+    next_event = asyncio.ensure_future(sub.get())
+    try:
+        while True:
+            # Wait for the next event, but write a heartbeat after heartbeat_s of silence.
+            # The pending get() is kept across heartbeats, never cancelled: no event is lost.
+            done, _ = await asyncio.wait({next_event}, timeout=opts.heartbeat_s)
+            if not done:
+                await response.write(HEARTBEAT)
+                continue
+            event = next_event.result()
+            if event is None:  # the subscription overflowed: this client stopped reading
+                return
+            next_event = asyncio.ensure_future(sub.get())
+            if event.id <= sent_through:
+                continue
+            await response.write(encode_event(event))
+            counters.messages_out += 1
+    except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
+        return
+    finally:
+        next_event.cancel()
+
+
+async def sse(request: web.Request) -> web.StreamResponse:
+    """``GET /sse``: one ``text/event-stream`` response for as long as the client stays."""
+    app = request.app
+    last_event_id = parse_last_event_id(request)  # a bad id is a 400 JSON answer, not a stream
+    counters = app[COUNTERS]["sse"]
+    transport = request.transport
+    assert transport is not None
+    response = web.StreamResponse(headers=STREAM_HEADERS)
+    stop = asyncio.Event()  # set by POST /drop and on shutdown
+    finished = asyncio.Event()
+
+    async def drop() -> None:
+        stop.set()
+        try:
+            await asyncio.wait_for(finished.wait(), 2 * CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            transport.abort()
+
+    address = request.remote
+    log.info("sse client connected %s, Last-Event-ID %s", address, last_event_id)
+    with (
+        open_gauge(counters),
+        app[LOG].subscribe() as sub,  # subscribe first, then the stream reads the log
+        app[CONNECTIONS].track("sse", drop),
+    ):
+        tasks: list[asyncio.Task[object]] = []
+        try:
+            await response.prepare(request)
+            sender = asyncio.create_task(
+                stream_events(response, app[LOG], sub, last_event_id, app[OPTIONS], counters)
+            )
+            stopped = asyncio.create_task(stop.wait())
+            overflowed = asyncio.create_task(sub.overflowed.wait())
+            tasks = [sender, stopped, overflowed]
+            # The sender may be blocked writing to a client that stopped reading: watch the
+            # overflow flag beside it, so that such a client is dropped all the same.
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if sub.overflowed.is_set():
+                log.info("sse client %s dropped: it stopped reading, %d events queued",
+                         address, sub.queue.qsize())
+                transport.abort()
+            elif stop.is_set():
+                await end_stream(response, transport)
+            elif sender.done():
+                sender.result()  # the client went away (None), or a bug surfaces here
+        except ConnectionResetError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            finished.set()
+    log.info("sse client disconnected %s", address)
+    return response
+
+
+async def end_stream(response: web.StreamResponse, transport: asyncio.Transport) -> None:
+    """End the response cleanly (the last chunk) and close the connection after it.
+
+    A browser's ``EventSource`` then waits ``retry`` ms and reconnects with ``Last-Event-ID``.
+    """
+    response.force_close()  # no keep-alive: the connection closes once the response ends
+    try:
+        await asyncio.wait_for(response.write_eof(), CLOSE_TIMEOUT_S)
+    except TimeoutError:
+        transport.abort()
+
+
+@contextmanager
+def open_gauge(counters: TransportCounters) -> Iterator[None]:
+    counters.open += 1
+    try:
+        yield
+    finally:
+        counters.open -= 1
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_get("/sse", sse, allow_head=False)  # HEAD would hold a stream with no body
