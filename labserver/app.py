@@ -31,7 +31,7 @@ from aiohttp.web_server import Server
 from . import polling, sse, ws
 from .counters import Counters, counting_handler, counting_middleware
 from .errors import bad_request, json_error, json_errors
-from .events import MemoryLog
+from .events import LogUnavailable, MemoryLog
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .options import Options
 
@@ -80,7 +80,13 @@ def create_app(**options: Any) -> web.Application:
         client_max_size=opts.max_message_bytes,
     )
     app[OPTIONS] = opts
-    app[LOG] = MemoryLog(opts.log_size, opts.queue_size)
+    if opts.redis_url:
+        from .cluster import RedisLog  # imported only by nodes of a cluster
+
+        app[LOG] = RedisLog(opts.redis_url, opts.log_size, opts.queue_size)
+        app.cleanup_ctx.append(follow_cluster)
+    else:
+        app[LOG] = MemoryLog(opts.log_size, opts.queue_size)
     app[COUNTERS] = Counters()
     app[CONNECTIONS] = Connections()
 
@@ -134,13 +140,16 @@ async def publish(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     if set(body) != {"data"}:
         raise bad_request('body must be {"data": <any JSON>}')
-    event = await request.app[LOG].publish(body["data"])
+    try:
+        event = await request.app[LOG].publish(body["data"])
+    except LogUnavailable as exc:
+        return json_error(503, str(exc))
     return web.json_response({"id": event.id})
 
 
 def stats_snapshot(app: web.Application) -> dict[str, Any]:
     event_log = app[LOG]
-    return {
+    snapshot: dict[str, Any] = {
         "events": {
             "published": event_log.published,
             "last_id": event_log.last_id,
@@ -149,6 +158,9 @@ def stats_snapshot(app: web.Application) -> dict[str, Any]:
         },
         "transports": app[COUNTERS].snapshot(),
     }
+    if hasattr(event_log, "cluster_stats"):  # a node of a cluster says which, and Redis's state
+        snapshot["cluster"] = event_log.cluster_stats()
+    return snapshot
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -212,6 +224,14 @@ async def ticker(app: web.Application) -> Any:
     task = asyncio.create_task(run())
     yield
     task.cancel()
+
+
+async def follow_cluster(app: web.Application) -> Any:
+    """A node of a cluster follows the shared log in Redis while it runs."""
+    event_log = app[LOG]
+    await event_log.start()  # type: ignore[attr-defined]
+    yield
+    await event_log.stop()  # type: ignore[attr-defined]
 
 
 async def close_connections(app: web.Application) -> None:

@@ -47,6 +47,10 @@ DEFAULT_LOG_SIZE = 1000
 DEFAULT_QUEUE_SIZE = 256
 
 
+class LogUnavailable(Exception):
+    """The log cannot take an event now (a cluster's Redis is away): publish later."""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One published event: ``{"id": N, "data": ..., "ts": T}``, serialised once."""

@@ -14,6 +14,7 @@ output to a bounded log file (``srv.log_path``), so nothing it prints lands in a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -131,6 +132,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+        if self._process.returncode == 0:  # a clean exit: its log has nothing left to tell
+            for path in (self.log_path, self.log_path + ".1"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
 
     def __enter__(self) -> Server:
         return self

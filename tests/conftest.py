@@ -83,3 +83,53 @@ def pytest_collectstart(collector: Any) -> None:
     """nbval: never compare stderr (a child process or a library warning may write there)."""
     if str(getattr(collector, "path", "")).endswith(".ipynb"):
         collector.skip_compare += ("stderr",)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, with an append-only file, restartable."""
+
+    def __init__(self, path: str, directory: str) -> None:
+        import socket
+
+        self.path, self.directory = path, directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: Any = None
+
+    def start(self) -> None:
+        import socket
+        import subprocess
+        import time
+
+        self.process = subprocess.Popen(
+            [self.path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
+             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()  # SIGTERM: redis flushes its append-only file and exits
+            self.process.wait(10)
+        self.process = None
+
+
+@pytest.fixture
+def redis_server(redis_server_path: str) -> Iterator[RedisServer]:
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(redis_server_path, directory)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()

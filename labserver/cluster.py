@@ -1,0 +1,223 @@
+"""Scale-out on Redis: one event log for a cluster of labserver nodes.
+
+A single process serves a classroom; a course site outgrows it. With ``redis_url=`` a node
+keeps its event log in a **Redis stream** shared by every node, so an event published on any
+node reaches every client of every node, on every transport, with one global sequence of ids.
+
+How it works, and what to look at first:
+
+* :data:`PUBLISH_LUA` — publishing is one Lua script, run atomically by Redis: ``INCR`` the
+  cluster's id counter, then ``XADD`` the event to the stream under that id (``N-0``), trimmed
+  to ``log_size``. Two nodes publishing at once can never get the same id or append out of
+  order, and the JSON of the event is built once, there.
+* :meth:`RedisLog.follow` — every node reads the stream with ``XREAD BLOCK`` from the last id it
+  has seen and appends each entry to its own in-memory mirror (a :class:`MemoryLog`). The
+  transports read the mirror exactly as on a single node: cursors, long-poll waits, push
+  subscriptions and gap detection are unchanged — which is why ``polling.py`` or ``sse.py`` say
+  nothing about clusters.
+* **Redis goes away**: clients stay connected to their node; ``/publish`` answers 503 with a
+  reason (:class:`ClusterUnavailable`); ``/stats`` says ``"redis": "down"``. The follower
+  retries with a bounded back-off and, when Redis is back (restarted from its append-only file),
+  reads on from its last id: ids continue, never repeat, and every client sees contiguous ids.
+  If the stream was trimmed past what a node had seen, its mirror restarts at the oldest entry,
+  so the cursors of its clients report a gap instead of silently skipping events.
+
+Socket.IO rooms span nodes through python-socketio's own ``AsyncRedisManager`` (see
+``socketio.py``); no home-made cluster protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .events import DEFAULT_LOG_SIZE, DEFAULT_QUEUE_SIZE, Event, LogUnavailable, MemoryLog
+
+log = logging.getLogger("labserver.cluster")
+
+#: Keys, under one prefix so that a Redis can host several clusters (``key_prefix``).
+ID_KEY = "{prefix}:last_id"
+STREAM_KEY = "{prefix}:events"
+NODES_KEY = "{prefix}:nodes"
+
+#: The whole of publishing: allocate the next id and append the event under it, atomically.
+PUBLISH_LUA = """
+local id = redis.call('INCR', KEYS[1])
+local event = '{"id":' .. id .. ',"data":' .. ARGV[1] .. ',"ts":' .. ARGV[2] .. '}'
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], id .. '-0', 'event', event)
+return id
+"""
+
+#: How long one ``XREAD`` blocks before the follower loops (and notices a stop).
+BLOCK_MS = 1000
+#: Back-off between reconnection attempts while Redis is away: 0.1 s doubling to 2 s.
+RETRY_MIN_S, RETRY_MAX_S = 0.1, 2.0
+#: A node counts as alive while its heartbeat is younger than this.
+NODE_TTL_S = 5.0
+#: How long ``publish`` waits for its own event to come back through the stream.
+PUBLISH_ECHO_TIMEOUT_S = 5.0
+
+
+class ClusterUnavailable(LogUnavailable):
+    """Redis cannot be reached: nothing can be published until it is back."""
+
+
+class RedisLog(MemoryLog):
+    """This node's mirror of the cluster's event log, kept in step with a Redis stream."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        log_size: int = DEFAULT_LOG_SIZE,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        key_prefix: str = "labserver",
+        node: str | None = None,
+    ) -> None:
+        super().__init__(log_size, queue_size)
+        self.redis_url = redis_url
+        self.node = node or f"{socket.gethostname()}:{os.getpid()}"
+        self._keys = {name: key.format(prefix=key_prefix) for name, key in
+                      (("id", ID_KEY), ("stream", STREAM_KEY), ("nodes", NODES_KEY))}
+        self._redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        self._publish_script = self._redis.register_script(PUBLISH_LUA)
+        self._stream_pos = "0-0"  # the last stream entry this node has mirrored
+        self._follower: asyncio.Task[None] | None = None
+        self.redis_up = False
+        self.redis_error: str | None = None
+        self.published_here = 0
+        self._nodes_alive = 0
+
+    # --- publishing -----------------------------------------------------------------
+
+    async def publish(self, data: Any) -> Event:
+        data_json = json.dumps(data, separators=(",", ":"))
+        for attempt in (1, 2):  # a pooled connection may be stale after a Redis restart
+            try:
+                new_id = int(await self._publish_script(
+                    keys=[self._keys["id"], self._keys["stream"]],
+                    args=[data_json, repr(time.time()), self.log_size],
+                ))
+                break
+            except (RedisError, OSError) as exc:
+                if attempt == 2 or not self.redis_up:
+                    self._mark_down(exc)
+                    raise ClusterUnavailable(f"redis unavailable: {exc}") from None
+        self.published_here += 1
+        # The event reaches this node's mirror through the stream, like every other node's:
+        # wait for it there, so that a poll on this node right after sees it.
+        deadline = time.monotonic() + PUBLISH_ECHO_TIMEOUT_S
+        while self.last_id < new_id and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        for event in reversed(self._events):
+            if event.id == new_id:
+                return event
+            if event.id < new_id:
+                break
+        return Event.create(new_id, data)  # mirrored late or trimmed; published all the same
+
+    # --- following the stream -------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the recent log, then follow the stream in the background."""
+        try:
+            await self._load_tail()
+        except (RedisError, OSError) as exc:
+            self._mark_down(exc)
+        self._follower = asyncio.create_task(self.follow())
+
+    async def stop(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            try:
+                await self._follower
+            except asyncio.CancelledError:
+                pass
+        try:
+            await self._redis.zrem(self._keys["nodes"], self.node)
+        except (RedisError, OSError):
+            pass
+        await self._redis.aclose()
+
+    async def _load_tail(self) -> None:
+        entries = await self._redis.xrevrange(self._keys["stream"], count=self.log_size)
+        self._mirror(reversed(entries))
+        self._mark_up()
+
+    async def follow(self) -> None:
+        """``XREAD BLOCK`` from the last mirrored entry, forever; reconnect when Redis is away."""
+        backoff_s = RETRY_MIN_S
+        last_heartbeat = 0.0
+        while True:
+            try:
+                if time.monotonic() - last_heartbeat > NODE_TTL_S / 3:
+                    await self._heartbeat()
+                    last_heartbeat = time.monotonic()
+                reply = await self._redis.xread(
+                    {self._keys["stream"]: self._stream_pos}, count=500, block=BLOCK_MS
+                )
+                self._mark_up()
+                backoff_s = RETRY_MIN_S
+                for _stream, entries in reply or []:
+                    self._mirror(entries)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._mark_down(exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+
+    def _mirror(self, entries: Any) -> None:
+        for entry_id, fields in entries:
+            entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            text = fields[b"event"].decode()
+            value = json.loads(text)
+            event = Event(id=value["id"], data=value["data"], ts=value["ts"], json=text)
+            self._stream_pos = entry_id
+            if event.id <= self.last_id:
+                continue  # already mirrored
+            if self._events and event.id != self.last_id + 1:
+                # Entries were trimmed while this node could not read them: start the mirror
+                # afresh so that cursors before it report a gap rather than skip silently.
+                log.warning("mirror restarts at id %d (had %d)", event.id, self.last_id)
+                self._events.clear()
+            self.append(event)
+
+    async def _heartbeat(self) -> None:
+        now = time.time()
+        pipe = self._redis.pipeline()
+        pipe.zadd(self._keys["nodes"], {self.node: now})
+        pipe.zremrangebyscore(self._keys["nodes"], 0, now - NODE_TTL_S)
+        pipe.zcard(self._keys["nodes"])
+        *_, alive = await pipe.execute()
+        self._nodes_alive = int(alive)
+
+    def _mark_up(self) -> None:
+        if not self.redis_up:
+            log.info("redis up at %s", self.redis_url)
+        self.redis_up, self.redis_error = True, None
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self.redis_up or self.redis_error is None:
+            log.warning("redis down: %s", exc)
+        self.redis_up, self.redis_error = False, str(exc) or type(exc).__name__
+
+    def cluster_stats(self) -> dict[str, Any]:
+        """What ``/stats`` says of the cluster: which node answered, and whether Redis is up."""
+        return {
+            "node": self.node,
+            "redis": "up" if self.redis_up else "down",
+            "error": self.redis_error,
+            "published_here": self.published_here,
+            "nodes_alive": self._nodes_alive,
+        }
