@@ -221,3 +221,59 @@ class RedisLog(MemoryLog):
             "published_here": self.published_here,
             "nodes_alive": self._nodes_alive,
         }
+
+
+class RedisProcess:
+    """A real ``redis-server`` on a free loopback port, for a lesson or a test.
+
+    It keeps an append-only file in ``directory`` (fsync on every write), so a restart with
+    :meth:`start` comes back with every event and the id counter. Stop it with :meth:`stop`
+    (SIGTERM: Redis flushes and exits).
+    """
+
+    def __init__(self, directory: str, executable: str | None = None) -> None:
+        import shutil
+
+        found = executable or shutil.which("redis-server")
+        if found is None:
+            raise FileNotFoundError(
+                "redis-server not found: install it (Debian/Ubuntu: apt-get install "
+                "redis-server; macOS: brew install redis; conda: conda install -c conda-forge "
+                "redis-server)"
+            )
+        self.executable, self.directory = found, directory
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: Any = None
+
+    def start(self, timeout_s: float = 10) -> RedisProcess:
+        import subprocess
+
+        self._process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", self.directory, "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--protected-mode", "yes"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(10)
+        self._process = None
+
+    def __enter__(self) -> RedisProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -85,51 +85,77 @@ def pytest_collectstart(collector: Any) -> None:
         collector.skip_compare += ("stderr",)
 
 
-class RedisServer:
-    """A real redis-server on a free loopback port, with an append-only file, restartable."""
-
-    def __init__(self, path: str, directory: str) -> None:
-        import socket
-
-        self.path, self.directory = path, directory
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: Any = None
-
-    def start(self) -> None:
-        import socket
-        import subprocess
-        import time
-
-        self.process = subprocess.Popen(
-            [self.path, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.directory,
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "",
-             "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: redis flushes its append-only file and exits
-            self.process.wait(10)
-        self.process = None
-
-
 @pytest.fixture
-def redis_server(redis_server_path: str) -> Iterator[RedisServer]:
+def redis_server(redis_server_path: str) -> Iterator[Any]:
+    """A real redis-server with an append-only file; ``.stop()`` and ``.start()`` restart it."""
+    from labserver.cluster import RedisProcess
+
     with tempfile.TemporaryDirectory() as directory:
-        server = RedisServer(redis_server_path, directory)
+        server = RedisProcess(directory, redis_server_path)
         server.start()
         try:
             yield server
         finally:
             server.stop()
+
+
+class JupyterProxy:
+    """A Jupyter server with jupyter-server-proxy under JupyterHub's kind of prefix."""
+
+    base_url = "/user/ada/"
+
+    def __init__(self) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process: Any = None
+
+    def url_for(self, server_port: int, path: str = "") -> str:
+        """The browser-facing URL of a labserver page, through the proxy."""
+        return f"http://127.0.0.1:{self.port}{self.base_url}proxy/{server_port}/{path}"
+
+    def start(self, root_dir: str) -> None:
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
+             f"--port={self.port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
+             f"--ServerApp.base_url={self.base_url}", f"--ServerApp.root_dir={root_dir}",
+             # loopback only, for the test's own browser: no token to carry through the pages
+             "--IdentityProvider.token=", "--ServerApp.password="],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                opener.open(f"http://127.0.0.1:{self.port}{self.base_url}api/status", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("jupyter server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def jupyter_proxy() -> Iterator[JupyterProxy]:
+    with tempfile.TemporaryDirectory() as root:
+        proxy = JupyterProxy()
+        proxy.start(root)
+        try:
+            yield proxy
+        finally:
+            proxy.stop()
