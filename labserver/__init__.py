@@ -14,6 +14,9 @@ from .app import create_app
 from .counters import stats_diff
 from .events import Event, MemoryLog, Page
 from .options import Options
-from .process import Server, start
+from .process import Server, start, start_balancer
 
-__all__ = ["Event", "MemoryLog", "Options", "Page", "Server", "create_app", "start", "stats_diff"]
+__all__ = [
+    "Event", "MemoryLog", "Options", "Page", "Server",
+    "create_app", "start", "start_balancer", "stats_diff",
+]

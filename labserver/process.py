@@ -28,7 +28,8 @@ import time
 import urllib.request
 from typing import Any
 
-from .counters import stats_diff
+from .counters import Counters, stats_diff
+from .keys import COUNTERS, OPTIONS
 from .options import Options
 
 #: How long ``start()`` waits for the child to answer before giving up.
@@ -156,11 +157,22 @@ class Server:
 def start(**options: Any) -> Server:
     """Start a labserver in a child process on a free loopback port; return once it answers."""
     opts = Options.from_kwargs(**options)
+    config = {name: getattr(opts, name) for name in opts.__dataclass_fields__}
+    return _spawn({"kind": "node", "options": config}, opts)
+
+
+def start_balancer(nodes: list[str], policy: str = "round-robin") -> Server:
+    """Start a load balancer (``balancer.py``) over ``nodes`` in a child process."""
+    from .balancer import POLICIES
+
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
+    return _spawn({"kind": "balancer", "nodes": list(nodes), "policy": policy}, Options())
+
+
+def _spawn(config: dict[str, Any], opts: Options) -> Server:
     fd, log_path = tempfile.mkstemp(prefix="labserver-", suffix=".log")
     os.close(fd)
-    config = {
-        name: getattr(opts, name) for name in opts.__dataclass_fields__
-    }
     config["log_path"] = log_path
     process = subprocess.Popen(
         [sys.executable, "-m", "labserver.process"],
@@ -195,15 +207,25 @@ def _read_line(process: subprocess.Popen[bytes], timeout_s: float) -> bytes:
 
 
 def _child_main() -> None:
+    from aiohttp import web
+
     from .app import create_app, serve
+    from .balancer import balancer_app
 
     config = json.loads(os.environ["LABSERVER_CONFIG"])
-    log_path = config.pop("log_path")
+    log_path = config["log_path"]
     handler = logging.handlers.RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES,
                                                    backupCount=1)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    opts = Options.from_kwargs(**config)
+
+    def make_app() -> web.Application:
+        if config["kind"] == "balancer":
+            app = balancer_app(config["nodes"], config["policy"])
+            app[OPTIONS] = Options()
+            app[COUNTERS] = Counters()  # the runner counts bytes; no transport is charged here
+            return app
+        return create_app(**config["options"])
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -225,7 +247,7 @@ def _child_main() -> None:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)  # nothing the server prints may land in a notebook cell
 
-        await serve(create_app(_options=opts), stop, ready)
+        await serve(make_app(), stop, ready)
 
     started = time.monotonic()
     asyncio.run(main())
