@@ -108,17 +108,16 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     with open_gauge(counters), app[LOG].subscribe() as sub, app[CONNECTIONS].track("ws", drop):
         receiver = asyncio.create_task(receive_messages(ws, transport, counters, address))
         sender = asyncio.create_task(send_events(ws, app[LOG], sub, after, counters))
-        tasks = [receiver, sender]
+        overflow = asyncio.create_task(sub.overflowed.wait())
+        tasks = [receiver, sender, overflow]
         if every_s is not None:
             tasks.append(asyncio.create_task(send_status(ws, every_s), name="ws-every"))
         try:
-            await asyncio.wait((receiver, sender), return_when=asyncio.FIRST_COMPLETED)
-            if not receiver.done() and sender.result():  # this client stopped reading
+            await asyncio.wait((receiver, overflow), return_when=asyncio.FIRST_COMPLETED)
+            if sub.overflowed.is_set() and not receiver.done():  # this client stopped reading
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)
                 await close_socket(ws, transport, WSCloseCode.POLICY_VIOLATION, "send queue full")
-            else:
-                await receiver
         finally:
             for task in tasks:  # the chapter's clearInterval(ws.interval), and the sender
                 task.cancel()
@@ -173,14 +172,14 @@ async def answer_text(
 async def send_events(
     ws: web.WebSocketResponse, event_log: EventLog, sub: Subscription, after: int | None,
     counters: TransportCounters,
-) -> bool:
+) -> None:
     """Replay what the client missed (``?after=``), then send each new event as it comes.
 
     ``sub`` was taken *before* the log is read here, so no event published in between is
-    lost; events the replay already sent are then skipped by id. Returns ``True`` when ``sub``
-    overflowed: the client stopped reading and ``queue_size`` events wait for it. The handler
-    then closes it with 1008 "send queue full"; the publisher and the other clients never
-    waited for it. Returns ``False`` when the connection is closing or gone.
+    lost; events the replay already sent are then skipped by id. When the client stops
+    reading, this task waits to write while ``sub`` fills up (``queue_size`` events); once it
+    overflowed, :func:`websocket` closes the client with 1008 "send queue full". The
+    publisher and the other clients never wait for it.
     """
     sent_through = 0  # events with an id <= this were sent (or are before the client's cursor)
     try:
@@ -199,8 +198,7 @@ async def send_events(
             await ws.send_str(event.json)
             counters.messages_out += 1
     except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
-        return False
-    return True
+        return  # the receiver sees the connection end
 
 
 async def send_status(ws: web.WebSocketResponse, every_s: float) -> None:
@@ -225,9 +223,10 @@ async def close_socket(
     stopped reading), aiohttp closes the transport, which still flushes the Close frame behind
     the client's unread backlog; :data:`FLUSH_GRACE_S` later the connection is aborted.
     """
-    try:
-        await asyncio.wait_for(ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT_S)
-    except TimeoutError:
+    closing = asyncio.ensure_future(ws.close(code=code, message=reason.encode()))
+    done, _ = await asyncio.wait((closing,), timeout=CLOSE_TIMEOUT_S)
+    if not done:
+        closing.cancel()  # aiohttp then closes the transport, which flushes what it holds
         asyncio.get_running_loop().call_later(FLUSH_GRACE_S, transport.abort)
 
 
