@@ -78,9 +78,9 @@ STREAM_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 #: How long ending one stream may take (``POST /drop``, shutdown). A reading client takes the
-#: last chunk in microseconds; one that does not within a second is not reading and is aborted.
-#: ``stop()`` must finish within about a second, so this stays short.
-CLOSE_TIMEOUT_S = 1.0
+#: last chunk in microseconds; one that has not within half a second is not reading and its
+#: connection is aborted. ``stop()`` must finish within about a second, so this stays short.
+CLOSE_TIMEOUT_S = 0.5
 #: Ids are integers; 18 digits keep them within a 64-bit integer.
 MAX_ID_DIGITS = 18
 

@@ -16,6 +16,7 @@ import labserver
 #: page → a JavaScript condition that is true once the page's connection is open.
 PAGES = {
     "sse.html": "document.getElementById('state').textContent === 'OPEN'",
+    "ws.html": "document.getElementById('state').textContent === 'OPEN (1)'",
 }
 
 

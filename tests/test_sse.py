@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 import labserver
+from labserver.process import STOP_TIMEOUT_S
 
 # --- a client that reads the stream as the standard says ---------------------------------
 
@@ -464,6 +465,27 @@ async def test_drop_ends_every_stream_and_they_resume(srv: labserver.Server) -> 
         assert parser.ids() == [2]
 
 
+async def test_stop_ends_open_streams_cleanly_and_promptly() -> None:
+    srv = labserver.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            clients = [SseClient(session, srv.url) for _ in range(3)]
+            for client in clients:
+                await client.__aenter__()
+                await client.read_until(lambda p: p.retry_ms is not None)
+            await wait_for_stat(srv, "open", 3)
+            started = time.monotonic()
+            await asyncio.to_thread(srv.stop)
+            took_s = time.monotonic() - started
+            for client in clients:  # each stream ended with its last chunk, not a reset
+                await client.read_until(lambda p: False)
+                assert client.response is not None and client.response.content.is_eof()
+                await client.__aexit__()
+    finally:
+        srv.stop()
+    assert took_s < STOP_TIMEOUT_S  # past it, stop() would have had to terminate the child
+
+
 async def test_a_slow_reader_is_dropped_without_slowing_the_others(make_server: Any) -> None:
     srv = make_server(queue_size=8)
     payload = "x" * 32_000
@@ -508,6 +530,11 @@ async def test_a_slow_reader_is_dropped_without_slowing_the_others(make_server: 
 
 
 # --- a real browser ----------------------------------------------------------------------------
+
+
+async def test_the_index_links_the_demo(srv: labserver.Server) -> None:
+    async with aiohttp.ClientSession() as session, session.get(srv.url + "/") as response:
+        assert 'href="sse.html"' in await response.text()
 
 
 def test_browser_event_source_receives_and_resumes_after_drop(

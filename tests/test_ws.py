@@ -624,3 +624,82 @@ def test_whoami_behind_a_trusted_proxy_takes_the_entry_the_proxy_added(make_serv
     assert both == {"address": "198.51.100.2", "x_forwarded_for": "6.6.6.6, 198.51.100.2",
                     "trusted_proxy": True}
     assert whoami(srv, {"X-Forwarded-For": "not-an-address"})["address"] == "127.0.0.1"
+
+
+# --- a real browser: Chromium's WebSocket on the demo page ----------------------------------
+
+OPEN_STATE = "document.getElementById('state').textContent === 'OPEN (1)'"
+
+
+def history(page: Any) -> list[str]:
+    """The states the page saw, oldest first."""
+    states = page.eval_on_selector_all("#history li[data-state]",
+                                       "els => els.map(e => e.dataset.state)")
+    return list(reversed(states))
+
+
+def test_browser_demo_walks_the_states_and_shows_events(srv: labserver.Server,
+                                                         browser_page: Any) -> None:
+    page = browser_page
+    page.goto(srv.url + "/ws.html")
+    page.wait_for_function(OPEN_STATE, timeout=10_000)
+    event_id = srv.publish({"from": "python"})
+    event = page.locator(f'#events li[data-id="{event_id}"]')
+    event.wait_for(timeout=10_000)
+    assert '{"from":"python"}' in event.text_content()
+
+    page.fill("#text", "round trip")
+    page.click("#echo")
+    page.locator('#messages li[data-kind="echo"]').wait_for(timeout=10_000)
+    assert '{"echo":"round trip"}' in page.locator('#messages li[data-kind="echo"]').text_content()
+    page.click("#send")  # plain text: counted, logged, not answered
+    page.click("#close")
+    page.locator('#history li[data-code="1000"]').wait_for(timeout=10_000)
+    assert history(page) == ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]
+
+    page.click("#send")  # after CLOSED: the browser discards it without an exception
+    assert "not sent: CLOSED" in page.locator('#messages li[data-kind="send"]').first.text_content()
+    stats = ws_stats(srv)
+    assert (stats["messages_in"], stats["messages_out"], stats["open"]) == (2, 1, 0)
+
+
+def test_browser_resumes_with_after_once_the_server_drops_it(srv: labserver.Server,
+                                                             browser_page: Any) -> None:
+    page = browser_page
+    page.goto(srv.url + "/ws.html")
+    page.wait_for_function(OPEN_STATE, timeout=10_000)
+    first = srv.publish("before")
+    page.locator(f'#events li[data-id="{first}"]').wait_for(timeout=10_000)
+    page.click("#drop")
+    page.locator('#history li[data-code="1001"]').wait_for(timeout=10_000)  # going away
+    missed = srv.publish("while away")  # WebSocket has no automatic reconnection …
+    page.click("#connect")  # … the page reconnects with ?after=<last id>
+    page.locator(f'#events li[data-id="{missed}"]').wait_for(timeout=10_000)
+    assert f"after={first}" in page.locator("#url").text_content()
+    ids = page.eval_on_selector_all("#events li[data-id]", "els => els.map(e => +e.dataset.id)")
+    assert sorted(ids) == [first, missed]
+
+
+OPEN_FROM_PAGE = """url => new Promise(resolve => {
+  const ws = new WebSocket(url);
+  ws.onopen = () => { resolve("open"); ws.close(); };
+  ws.onclose = (e) => resolve("closed " + e.code);
+})"""
+
+
+@pytest.mark.parametrize("allowed", [False, True])
+def test_browser_page_from_a_foreign_site_is_refused(make_server: Any, browser_page: Any,
+                                                     allowed: bool) -> None:
+    """Cross-site WebSocket hijacking: another site's page opens a socket to our server.
+
+    The other site is another labserver on another port (another origin; both on loopback,
+    so that Chromium's own Private Network Access rules are not what refuses it).
+    """
+    foreign = make_server()
+    srv = make_server(allowed_origins=[foreign.url] if allowed else [])
+    page = browser_page
+    page.goto(foreign.url + "/")
+    outcome = page.evaluate(OPEN_FROM_PAGE, ws_url(srv))
+    assert outcome == ("open" if allowed else "closed 1006")  # a browser hides the 403
+    stats = ws_stats(srv)
+    assert stats["requests"] == 1 and stats["messages_out"] == 0
