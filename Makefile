@@ -1,6 +1,8 @@
 # make lab        set up .venv (first use, or when pyproject.toml changed) and open JupyterLab
 # make test       set up .venv and run every test: ruff, pytest, nbval on every notebook
 # make notebooks  re-run every notebook in place, saving its outputs (after a labserver change)
+# make bench      labserver side by side with the book's Node.js stack: prints a markdown table
+#                 (BENCH_ARGS=--quick: one round in under a minute; --readme: into benchmarks/README.md)
 #
 # LAB_PORT=8888 make lab    the port JupyterLab listens on (default 8888)
 # LAB_ARGS="--no-browser"   any other option for `jupyter lab`
@@ -14,7 +16,7 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test notebooks lint bench clean
+.PHONY: lab test notebooks lint bench bench-lessons clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -37,7 +39,18 @@ notebooks: $(STAMP)
 			--ExecutePreprocessor.timeout=120 "$$nb" || exit 1; \
 	done
 
-bench: $(STAMP)
+BENCH_ARGS ?=
+NODE_MODULES := benchmarks/node/node_modules/.package-lock.json
+
+$(NODE_MODULES): benchmarks/node/package.json benchmarks/node/package-lock.json
+	cd benchmarks/node && npm ci --no-audit --no-fund
+	touch $@
+
+bench: $(STAMP) $(NODE_MODULES)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The lessons' own small benchmarks (polling, SSE fan-out), each printing its tables.
+bench-lessons: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b" || exit 1; done
 
 clean:
