@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from . import polling, sse, ws
+from . import polling, socketio, sse, ws
 from .counters import Counters, counting_handler, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
@@ -95,6 +95,7 @@ def create_app(**options: Any) -> web.Application:
     app.router.add_get("/stats", stats)
     app.router.add_post("/drop", drop)
     polling.setup(app)
+    socketio.setup(app)
     sse.setup(app)
     ws.setup(app)
     app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:html|js|css|svg)}", static_file)

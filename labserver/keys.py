@@ -16,8 +16,11 @@ if TYPE_CHECKING:
     from .counters import Counters
     from .events import EventLog
     from .options import Options
+    from .socketio import LabAsyncServer
 
 OPTIONS: web.AppKey[Options] = web.AppKey("options")
 LOG: web.AppKey[EventLog] = web.AppKey("log")
 COUNTERS: web.AppKey[Counters] = web.AppKey("counters")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
+#: The Socket.IO server (``request.app[SIO].emit(...)``): the chapter's ``req.app.get('io')``.
+SIO: web.AppKey[LabAsyncServer] = web.AppKey("sio")
