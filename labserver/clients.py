@@ -1,0 +1,387 @@
+"""One workload, every transport: the clients and the driver of the lesson ``06_compare``.
+
+What it teaches: the chapter's 12.1 compares polling, SSE and WebSocket with adjectives —
+polling "wastes a lot of server resources", WebSocket's "per-message overhead is small". This
+module is the experiment that turns the adjectives into numbers: the *same* workload
+(:data:`labserver.measure.WORKLOAD` — events at a fixed rate with a fixed payload) received by
+several clients over one transport at a time, and the server's own counters (requests, bytes
+counted at the socket, connections open) for that one experiment.
+
+Read first: the six clients, one per transport — :func:`short_poll`, :func:`long_poll`,
+:func:`sse`, :func:`ws` (aiohttp) and :func:`socketio_websocket`, :func:`socketio_polling`
+(python-socketio's ``AsyncClient``). Each is the loop a learner would write, and each does the
+same three things with the :class:`Job` the driver gives it: connect and say so
+(``job.connected.set()``), record every event it receives (``job.record(event)``), and once it
+has them all, keep its connection open until the driver lets go (``await job.finished()``), so
+that the counters are read before anything closes. Every client starts from the same cursor
+(``job.after``: the last event id before the experiment), so none can miss an event, whichever
+connects last.
+
+Then :func:`run_workload`, the driver. It reads ``GET /stats`` four times, so that each
+experiment has counters of its own (:func:`labserver.stats_diff`) and they split into phases:
+
+* ``setup`` — from before the clients connect until every one is connected: handshakes,
+  the SSE response's headers, Socket.IO's open and namespace packets;
+* ``streaming`` — while the events flow, connections already open: what each further event
+  costs (for polling, every request of the run is here);
+* ``total`` — the whole experiment, closing included: the honest "bytes per delivered event";
+* ``held`` — the ``open`` gauge halfway through publishing: connections (or held requests) the
+  server keeps for these clients.
+
+:func:`run_side_by_side` runs several transports on one stream of events (the sweeps do, to stay
+fast); each transport's counters stay its own, so only transports that count under different
+names can share a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import socketio
+
+from .counters import stats_diff
+from .measure import WORKLOAD, Deliveries, Publisher, Workload, publish_workload, summarize_ms
+
+#: How long a long poll may be held (seconds). Shorter than the server's default of 25, longer
+#: than any gap between events in a workload here: a held request is answered by an event.
+LONG_POLL_TIMEOUT_S = 10.0
+#: Short polling's interval (seconds), as in ``02_sse``: ten requests a second per client.
+SHORT_POLL_INTERVAL_S = 0.1
+#: How long after the last publish the driver waits for every delivery, beyond the workload.
+DELIVERY_GRACE_S = 10.0
+
+#: What one request of Chromium's ``fetch("poll?after=0", {credentials: "omit"})`` sends —
+#: request line and headers, no body, no cookies — in bytes. ``tests/test_browser_headers.py``
+#: measures it at the server's socket in Debian's headless Chromium and asserts it lies in this
+#: range (measured: 499 bytes, Chromium 156 on 127.0.0.1 with a five-digit port: User-Agent,
+#: three ``sec-ch-ua*``, three ``Sec-Fetch-*``, Referer, Accept-Encoding, Accept-Language,
+#: Connection, Host, Accept). A site's cookies come on top; HPBN's "~800 bytes" counts them.
+#: A lesson quotes the range; the test keeps it true.
+CHROMIUM_POLL_REQUEST_BYTES = (400, 700)
+
+
+@dataclass
+class Job:
+    """What the driver asks of one client: the events after ``after``, ``count`` of them."""
+
+    after: int  # the last event id before the experiment: the client's starting cursor
+    count: int  # how many events this client must receive
+    release: asyncio.Event  # set by the driver once it has read the counters
+    deliveries: Deliveries = field(default_factory=Deliveries)
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    received_all: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Record an event as it arrives (``time.time()``: the clock of the event's ``ts``)."""
+        self.deliveries.record(event)
+        if len(self.deliveries) >= self.count:
+            self.received_all.set()
+
+    @property
+    def done(self) -> bool:
+        return self.received_all.is_set()
+
+    async def finished(self) -> None:
+        """Every event is in: hold the connection open until the driver has read the counters."""
+        self.received_all.set()
+        await self.release.wait()
+
+
+# --- the clients: one per transport ---------------------------------------------------------
+
+
+async def short_poll(url: str, job: Job, interval_s: float = SHORT_POLL_INTERVAL_S) -> None:
+    """Short polling: ask ``GET /poll?after=ID`` every ``interval_s``, events or not."""
+    async with aiohttp.ClientSession() as session:
+        job.connected.set()  # nothing to open: each poll is a request of its own
+        await asyncio.sleep(random.uniform(0, interval_s))  # clients start at random moments
+        after = job.after
+        while not job.done:
+            async with session.get(f"{url}/poll", params={"after": after}) as resp:
+                page = await resp.json()
+            for event in page["events"]:
+                job.record(event)
+            after = page["last_id"]
+            if not job.done:
+                await asyncio.sleep(interval_s)
+        await job.finished()
+
+
+async def long_poll(url: str, job: Job, timeout_s: float = LONG_POLL_TIMEOUT_S) -> None:
+    """Long polling: ``GET /long-poll`` is held until there is an event; ask again at once."""
+    async with aiohttp.ClientSession() as session:
+        job.connected.set()
+        after = job.after
+        while not job.done:
+            params = {"after": after, "timeout": timeout_s}
+            async with session.get(f"{url}/long-poll", params=params) as resp:
+                page = await resp.json()
+            for event in page["events"]:
+                job.record(event)
+            after = page["last_id"]
+        await job.finished()
+
+
+async def sse(url: str, job: Job) -> None:
+    """Server-Sent Events: one ``GET /sse`` response, read line by line, for every event."""
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(job.after)}
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/sse",
+                                                                headers=headers) as resp:
+        job.connected.set()
+        kind, data = "message", []
+        async for raw in resp.content:  # one line at a time (aiohttp removed the chunking)
+            line = raw.decode().rstrip("\r\n")
+            if not line:  # a blank line ends a block: dispatch it
+                if kind == "news":
+                    job.record(json.loads("\n".join(data)))
+                kind, data = "message", []
+                if job.done:
+                    break
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            # id:, retry: and ": ping" comments need nothing here: the cursor is the event's id
+        await job.finished()
+
+
+async def ws(url: str, job: Job, compress: int = 0) -> None:
+    """WebSocket (``GET /ws``): each event one JSON text message.
+
+    aiohttp's client offers permessage-deflate only when asked (``compress=15``); by default
+    it does not, so frames carry the event's JSON as it is, behind a 2–14 byte frame header.
+    """
+    async with aiohttp.ClientSession() as session, session.ws_connect(
+        f"{url}/ws", params={"after": job.after}, compress=compress
+    ) as sock:
+        job.connected.set()
+        async for msg in sock:
+            message = json.loads(msg.data)
+            if "id" in message:  # an event (a gap notice or a status has no id)
+                job.record(message)
+            if job.done:
+                break
+        await job.finished()
+
+
+async def socketio_client(url: str, job: Job, transports: list[str] | None = None) -> None:
+    """Socket.IO with python-socketio's ``AsyncClient``: ``news`` carries each event.
+
+    ``transports=None`` is the default client: it opens with HTTP long-polling and upgrades
+    to WebSocket (the chapter's fallback of 12.3); ``["websocket"]`` starts with WebSocket,
+    as the chapter's page does. ``auth={"after": …}`` resumes from the cursor.
+    """
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("news", job.record)
+    await client.connect(url, transports=transports, auth={"after": job.after},
+                         wait_timeout=10)
+    try:
+        job.connected.set()
+        await job.received_all.wait()
+        await job.finished()
+    finally:
+        await client.disconnect()
+
+
+async def socketio_websocket(url: str, job: Job) -> None:
+    """Socket.IO over WebSocket from the start (the chapter's ``transports: ['websocket']``)."""
+    await socketio_client(url, job, ["websocket"])
+
+
+async def socketio_polling(url: str, job: Job) -> None:
+    """Socket.IO as a default client opens: HTTP long-polling first, then the upgrade."""
+    await socketio_client(url, job, None)
+
+
+Client = Callable[..., Awaitable[None]]
+
+#: Every transport of the lesson: its client, and the name its counters go under in ``/stats``.
+CLIENTS: dict[str, tuple[Client, str]] = {
+    "short_poll": (short_poll, "poll"),
+    "long_poll": (long_poll, "long_poll"),
+    "sse": (sse, "sse"),
+    "ws": (ws, "ws"),
+    "socketio_ws": (socketio_websocket, "socketio"),
+    "socketio_polling": (socketio_polling, "socketio"),
+}
+
+
+# --- the result of one experiment -----------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One transport's share of an experiment: what its clients got and what it cost."""
+
+    transport: str  # a key of CLIENTS
+    counter: str  # its name in /stats
+    workload: Workload
+    ids: list[int]  # the ids published, in order
+    deliveries: list[Deliveries]  # one per client
+    total: dict[str, int]  # this transport's counters, the whole experiment
+    setup: dict[str, int]  # ... while the clients connected
+    streaming: dict[str, int]  # ... while the events flowed, connections open
+    held: int  # the open gauge halfway through publishing, for these clients
+
+    @property
+    def clients(self) -> int:
+        return len(self.deliveries)
+
+    @property
+    def delivered(self) -> int:
+        return sum(len(d) for d in self.deliveries)
+
+    @property
+    def requests(self) -> int:
+        return self.total["requests"]
+
+    @property
+    def bytes_in_per_event(self) -> float:
+        """Client → server bytes at the socket, per delivered event, the whole experiment."""
+        return self.total["bytes_in"] / self.delivered
+
+    @property
+    def bytes_out_per_event(self) -> float:
+        """Server → client bytes at the socket, per delivered event, the whole experiment."""
+        return self.total["bytes_out"] / self.delivered
+
+    @property
+    def streaming_bytes_per_event(self) -> float:
+        """Both directions, connections already open: what one more event costs."""
+        return (self.streaming["bytes_in"] + self.streaming["bytes_out"]) / self.delivered
+
+    @property
+    def event_json_bytes(self) -> float:
+        """The mean size of an event's JSON ``{"id", "data", "ts"}``, as the server wrote it."""
+        sizes = [len(json.dumps({"id": i, "data": self.workload.payload(n), "ts": ts},
+                                separators=(",", ":")))
+                 for n, (i, ts) in enumerate(zip(self.deliveries[0].ids,
+                                                 self.deliveries[0].sent_ts, strict=True))]
+        return sum(sizes) / len(sizes)
+
+    @property
+    def latencies_ms(self) -> list[float]:
+        return [ms for d in self.deliveries for ms in d.latencies_ms]
+
+    @property
+    def latency(self) -> dict[str, float | int | None]:
+        """Median and p99 over every delivery (p99 only with at least 100 of them)."""
+        return summarize_ms(self.latencies_ms)
+
+    def complete(self) -> bool:
+        """Every client got every event, once, in order."""
+        return all(d.ids == self.ids for d in self.deliveries)
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+
+class Stats(Publisher, Protocol):
+    """What the driver needs of a server handle (``labserver.start()`` returns one)."""
+
+    url: str
+
+    async def astats(self) -> dict[str, Any]: ...
+
+
+async def run_workload(srv: Stats, transport: str, clients: int = 5,
+                       workload: Workload = WORKLOAD, **options: Any) -> Result:
+    """``clients`` clients of ``transport`` receive ``workload``; its counters and deliveries.
+
+    ``options`` go to the client (``interval_s=`` for short polling, ``compress=15`` for
+    WebSocket with permessage-deflate).
+    """
+    results = await run_side_by_side(srv, [transport], clients, workload, {transport: options})
+    return results[transport]
+
+
+async def run_side_by_side(
+    srv: Stats, transports: Sequence[str], clients: int = 5, workload: Workload = WORKLOAD,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Result]:
+    """Several transports on one stream of events, each with ``clients`` clients."""
+    counters = [CLIENTS[t][1] for t in transports]
+    if len(set(counters)) != len(counters):
+        raise ValueError("transports that share counters cannot run side by side: "
+                         + ", ".join(transports))
+    options = options or {}
+    before = await srv.astats()
+    release = asyncio.Event()
+    jobs = {t: [Job(before["events"]["last_id"], workload.events, release)
+                for _ in range(clients)] for t in transports}
+    tasks = [asyncio.create_task(CLIENTS[t][0](srv.url, job, **options.get(t, {})))
+             for t in transports for job in jobs[t]]
+    everyone = [job for t in transports for job in jobs[t]]
+    try:
+        await _until(tasks, [job.connected for job in everyone], 10)
+        connected = await srv.astats()
+        halfway = asyncio.create_task(_stats_after(srv, workload.duration_s / 2))
+        ids = await publish_workload(srv, workload)
+        middle = await halfway
+        await _until(tasks, [job.received_all for job in everyone], DELIVERY_GRACE_S)
+        delivered = await srv.astats()
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    after = await _settled(srv, before, counters)
+
+    results = {}
+    for t, name in zip(transports, counters, strict=True):
+        def used(a: dict[str, Any], b: dict[str, Any], name: str = name) -> dict[str, int]:
+            return stats_diff(a, b)["transports"][name]
+
+        results[t] = Result(
+            transport=t, counter=name, workload=workload, ids=ids,
+            deliveries=[job.deliveries for job in jobs[t]],
+            total=used(before, after), setup=used(before, connected),
+            streaming=used(connected, delivered),
+            held=middle["transports"][name]["open"] - before["transports"][name]["open"],
+        )
+    return results
+
+
+async def _stats_after(srv: Stats, delay_s: float) -> dict[str, Any]:
+    await asyncio.sleep(delay_s)
+    return await srv.astats()
+
+
+async def _until(tasks: list[asyncio.Task[None]], events: list[asyncio.Event],
+                 timeout_s: float) -> None:
+    """Wait until every event is set; a client that fails meanwhile raises its error."""
+    waiting = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in events)))
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not waiting.done():
+                running = [t for t in tasks if not t.done()]
+                await asyncio.wait([waiting, *running], return_when=asyncio.FIRST_COMPLETED)
+                for task in tasks:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+    except TimeoutError:
+        late = sum(not e.is_set() for e in events)
+        raise TimeoutError(f"{late} of {len(events)} clients not ready within {timeout_s} s") \
+            from None
+    finally:
+        waiting.cancel()
+
+
+async def _settled(srv: Stats, before: dict[str, Any], counters: list[str],
+                   timeout_s: float = 2.0) -> dict[str, Any]:
+    """Counters once the server has seen every client of the experiment close."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        now = await srv.astats()
+        if all(now["transports"][c]["open"] <= before["transports"][c]["open"]
+               for c in counters) or loop.time() > deadline:
+            return now
+        await asyncio.sleep(0.02)
