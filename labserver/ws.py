@@ -121,7 +121,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         finally:
             for task in tasks:  # the chapter's clearInterval(ws.interval), and the sender
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for result in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(result, Exception):
+                    log.error("ws task failed for %s", address, exc_info=result)
     log.info("ws client disconnected %s (close code %s)", address, ws.close_code)
     return ws
 
@@ -277,19 +279,18 @@ def origin_allowed(request: web.Request, allowed_origins: tuple[str, ...]) -> bo
         return False
     if parsed in {origin_parts(allowed) for allowed in allowed_origins}:
         return True
-    host = request_host(request)
-    if not host:
+    scheme, origin_host, origin_port = parsed
+    try:
+        target = urlsplit("//" + (request_host(request) or ""))  # "host[:port]" as the client asked
+        host_name, host_port = target.hostname, target.port
+    except ValueError:
         return False
-    _, origin_host, origin_port = parsed
-    host_name, _, host_port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
-    if not host_name or not host_port.isdigit():  # no port in Host: the origin's default one
-        host_name, port = host, DEFAULT_PORTS.get(parsed[0])
-    else:
-        port = int(host_port)
-    return origin_host == host_name.lower().strip("[]") and origin_port == port
+    if host_port is None:  # no port in Host: the default one of the page's scheme
+        host_port = DEFAULT_PORTS[scheme]
+    return host_name is not None and (origin_host, origin_port) == (host_name, host_port)
 
 
-def origin_parts(origin: str) -> tuple[str, str, int | None] | None:
+def origin_parts(origin: str) -> tuple[str, str, int] | None:
     """``"http://Example.org"`` → ``("http", "example.org", 80)``; ``None`` if not an origin."""
     try:
         parts = urlsplit(origin.strip())

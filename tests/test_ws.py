@@ -248,6 +248,7 @@ async def test_other_text_is_counted_and_logged_truncated(srv: labserver.Server)
     assert "Hello Node.JS" in logged and '{"reply": "not an echo"}' in logged
     assert "z" * ws_module.LOGGED_TEXT_CHARS in logged
     assert "z" * (ws_module.LOGGED_TEXT_CHARS + 1) not in logged  # bounded
+    assert "Traceback" not in logged and "task failed" not in logged
 
 
 async def test_counters_requests_open_messages(srv: labserver.Server) -> None:
