@@ -1,0 +1,138 @@
+"""The driver of 06_compare (``labserver.clients``) against a real server on real sockets.
+
+What the lesson relies on: every client of every transport gets every event once, in order;
+each experiment has counters of its own, split into phases that add up; the requests and open
+connections each transport is known to need; exact per-event bytes where the protocol fixes them
+(a WebSocket frame header, an SSE block in a chunk); and a driver that fails fast and clearly
+instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import socketio
+
+import labserver
+from labserver.clients import CLIENTS, run_side_by_side, run_workload
+from labserver.measure import Workload
+
+#: Small and fast: ten events, one every 20 ms.
+SMALL = Workload(events=10, interval_s=0.02, payload_bytes=64)
+PUSH = ("sse", "ws", "socketio_ws")
+
+
+@pytest.mark.parametrize("transport", list(CLIENTS))
+async def test_every_client_gets_every_event_once_in_order(srv: labserver.Server,
+                                                           transport: str) -> None:
+    result = await run_workload(srv, transport, 3, SMALL)
+    assert len(result.ids) == SMALL.events and result.clients == 3
+    assert result.complete()
+    assert result.delivered == 3 * SMALL.events
+    assert result.latency["n"] == result.delivered and result.latency["p99_ms"] is None
+    assert result.total["messages_out"] == result.delivered  # the server counted the same
+    for name in ("requests", "bytes_in", "bytes_out"):  # the phases are parts of the whole
+        assert result.setup[name] + result.streaming[name] <= result.total[name]
+    assert result.bytes_out_per_event > result.event_json_bytes  # the JSON and then some
+
+
+@pytest.mark.parametrize("transport", PUSH)
+async def test_push_transports_need_one_request_per_client(srv: labserver.Server,
+                                                           transport: str) -> None:
+    result = await run_workload(srv, transport, 3, SMALL)
+    assert result.requests == 3 == result.setup["requests"]
+    assert result.streaming["requests"] == 0
+    assert result.held == 3
+    assert result.total["open"] == 0  # every connection closed when the experiment ended
+
+
+async def test_socketio_polling_start_costs_extra_requests(srv: labserver.Server) -> None:
+    result = await run_workload(srv, "socketio_polling", 3, SMALL)
+    assert result.requests >= 2 * 3  # the polling open, then the WebSocket upgrade at least
+    assert result.held == 3  # one Engine.IO session each
+
+
+async def test_long_polling_holds_one_request_per_client(srv: labserver.Server) -> None:
+    result = await run_workload(srv, "long_poll", 2, SMALL)
+    assert result.held == 2  # halfway through, each client's request waits for the next event
+    assert SMALL.events * 2 * 0.5 <= result.requests <= SMALL.events * 2 + 2
+
+
+async def test_short_polling_asks_on_its_interval_events_or_not(srv: labserver.Server) -> None:
+    slow = Workload(events=8, interval_s=0.125, payload_bytes=64)  # 1 s; polls every 50 ms
+    result = await run_workload(srv, "short_poll", 3, slow, interval_s=0.05)
+    assert result.held == 0
+    assert result.requests >= 3 * 0.6 * slow.duration_s / 0.05
+    assert result.total["empty"] > result.requests / 2  # most answers carry nothing
+    # An event waits for the next poll: about half of 50 ms (generous bounds: a busy machine).
+    assert 5 <= result.latency["p50_ms"] <= 90
+
+
+async def test_experiments_have_counters_of_their_own(srv: labserver.Server) -> None:
+    first = await run_workload(srv, "ws", 2, SMALL)
+    second = await run_workload(srv, "ws", 2, SMALL)
+    assert second.ids[0] == first.ids[-1] + 1  # the second starts after the first's events
+    assert second.requests == first.requests == 2
+    assert second.total["messages_out"] == 2 * SMALL.events
+    # The same work costs the same bytes, give or take the digits of ids and timestamps.
+    assert abs(second.total["bytes_out"] - first.total["bytes_out"]) < 0.05 * first.total[
+        "bytes_out"]
+
+
+async def test_websocket_frame_header_is_two_bytes_without_deflate(
+        srv: labserver.Server) -> None:
+    result = await run_workload(srv, "ws", 2, SMALL)  # each event's JSON is under 126 bytes
+    assert result.event_json_bytes < 126
+    assert result.streaming["bytes_in"] == 0
+    # RFC 6455 §5.2: a server's frame of fewer than 126 bytes has a 2-byte header.
+    assert result.streaming["bytes_out"] == 2 * sum(  # two clients
+        2 + size for size in event_json_sizes(result))
+
+
+async def test_websocket_with_deflate_sends_less_than_the_json(srv: labserver.Server) -> None:
+    plain = await run_workload(srv, "ws", 2, SMALL)
+    deflate = await run_workload(srv, "ws", 2, SMALL, compress=15)
+    assert deflate.complete()
+    assert deflate.streaming["bytes_out"] < 0.5 * plain.streaming["bytes_out"]
+
+
+async def test_sse_block_per_event_in_one_chunk(srv: labserver.Server) -> None:
+    result = await run_workload(srv, "sse", 2, SMALL)
+    expected = 0
+    for event_id, size in zip(result.ids, event_json_sizes(result), strict=True):
+        block = len(f"id: {event_id}\nevent: news\ndata: ") + size + 2  # "\n\n" ends the block
+        expected += len(f"{block:x}\r\n") + block + 2  # chunked: size line, block, CRLF
+    assert result.streaming["bytes_out"] == 2 * expected
+
+
+async def test_transports_that_share_counters_cannot_run_side_by_side(
+        srv: labserver.Server) -> None:
+    with pytest.raises(ValueError, match="share counters"):
+        await run_side_by_side(srv, ["socketio_ws", "socketio_polling"], 1, SMALL)
+
+
+async def test_side_by_side_keeps_each_transports_counters(srv: labserver.Server) -> None:
+    results = await run_side_by_side(srv, ["long_poll", "sse", "ws"], 2, SMALL)
+    assert all(r.complete() and r.ids == results["ws"].ids for r in results.values())
+    assert results["sse"].requests == results["ws"].requests == 2
+    assert results["long_poll"].requests >= SMALL.events  # its own, not the others'
+
+
+async def test_a_client_that_cannot_connect_fails_the_run_at_once(make_server) -> None:
+    srv = make_server(socketio_transports=["polling"])  # WebSocket refused: the 12.3 fallback
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await run_workload(srv, "socketio_ws", 2, SMALL)
+    assert loop.time() - started < 5
+    fallback = await run_workload(srv, "socketio_polling", 2, SMALL)  # the default client works
+    assert fallback.complete()
+
+
+def event_json_sizes(result) -> list[int]:
+    """Each event's JSON as the server serialised it (``Event.create``)."""
+    first = result.deliveries[0]
+    return [len(json.dumps({"id": i, "data": SMALL.payload(n), "ts": ts}, separators=(",", ":")))
+            for n, (i, ts) in enumerate(zip(first.ids, first.sent_ts, strict=True))]
