@@ -14,6 +14,15 @@ serialised to JSON once, and is then handed to every transport:
   subscription is then marked *overflowed* and the transport drops that client (it may resume
   with its last id). The publisher never waits for a slow client.
 
+Per-event work is done once, per-client work is a write. An event is serialised once
+(:attr:`Event.json`) and framed once per wire format (:meth:`Event.encoded`: a WebSocket text
+frame, an SSE block …), and every client of that format gets the same bytes. A push transport
+that has sent a client its replay calls :meth:`Subscription.forward`: from then on the log
+hands each new event straight to the client's write function inside ``publish`` — no queue,
+no task to wake per client — and the bound on a slow client is what its socket has not yet
+taken (``queue_size`` events' worth). Many long polls that hold the same cursor share one
+:class:`Page` and its JSON, built once per event.
+
 The log keeps only the ``log_size`` most recent events. A cursor that points into the part
 that was dropped, or beyond the last id (the server restarted and counts from 1 again), cannot
 be answered without loss: :class:`Page` then says ``gap=True``, never silently.
@@ -36,7 +45,7 @@ import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -59,6 +68,8 @@ class Event:
     data: Any
     ts: float
     json: str = field(repr=False)
+    _encoded: dict[Callable[[Event], bytes], bytes] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def create(cls, id: int, data: Any, ts: float | None = None) -> Event:
@@ -69,6 +80,17 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "data": self.data, "ts": self.ts}
 
+    def encoded(self, encode: Callable[[Event], bytes]) -> bytes:
+        """This event in one wire format, ``encode(event)``, computed once and kept.
+
+        Every client of that format is then written the same bytes: ``encode`` is a module-level
+        function of the transport (``ws.text_frame``, ``sse.encode_event`` …), the cache key.
+        """
+        wire = self._encoded.get(encode)
+        if wire is None:
+            wire = self._encoded[encode] = encode(self)
+        return wire
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
@@ -78,12 +100,20 @@ class Page:
     last_id: int
     gap: bool
     oldest_id: int  # smallest id still in the log (last_id + 1 when the log is empty)
+    _body: list[bytes] = field(default_factory=list, repr=False, compare=False)
 
     def to_json(self) -> str:
         """The polling answer, built from each event's ready-made JSON."""
         body = ",".join(e.json for e in self.events)
         gap = "true" if self.gap else "false"
         return f'{{"events":[{body}],"last_id":{self.last_id},"gap":{gap}}}'
+
+    def to_bytes(self) -> bytes:
+        """:meth:`to_json` encoded, built once per page: the log hands one page to every long
+        poll that waited with the same cursor."""
+        if not self._body:
+            self._body.append(self.to_json().encode())
+        return self._body[0]
 
 
 class Subscription:
@@ -93,15 +123,36 @@ class Subscription:
         self._log = log
         self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self.overflowed = asyncio.Event()
+        self._write: Callable[[Event], bool] | None = None
 
     def offer(self, event: Event) -> None:
         """Called by the log on publish; never blocks."""
         if self.overflowed.is_set():
             return
+        if self._write is not None:
+            if not self._write(event):
+                self.overflowed.set()
+            return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.overflowed.set()
+
+    def forward(self, write: Callable[[Event], bool], sent_through: int = 0) -> None:
+        """From now on, hand each event to ``write(event)`` as it is published: no queue.
+
+        The events already queued with an id above ``sent_through`` (what the replay sent) are
+        written first, in order, in this same step, so none is lost or sent twice. ``write``
+        must not block: it writes the event's bytes to the client's socket and returns
+        ``False`` when the client is too slow (its unsent bytes exceed ``queue_size`` events'
+        worth); the subscription is then *overflowed*, as a full queue would be.
+        """
+        while not self.queue.empty():
+            event = self.queue.get_nowait()
+            if event.id > sent_through and not write(event):
+                self.overflowed.set()
+                return
+        self._write = write
 
     async def get(self) -> Event | None:
         """The next event, or ``None`` once the queue overflowed (drop this client)."""
@@ -164,6 +215,8 @@ class MemoryLog:
         self._published = 0
         self._subscriptions: set[Subscription] = set()
         self._changed = asyncio.Event()
+        self._waiters: set[asyncio.Future[None]] = set()  # long polls held by wait()
+        self._pages: dict[int, Page] = {}  # read(after) for the current last id, by cursor
 
     @property
     def published(self) -> int:
@@ -188,14 +241,27 @@ class MemoryLog:
         self._events.append(event)
         self._last_id = event.id
         self._published += 1
+        self._pages = {}
         for sub in tuple(self._subscriptions):
             sub.offer(event)
         # Wake every long-poll waiter, then arm a fresh Event for the next publish.
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         self._changed.set()
         self._changed = asyncio.Event()
         return event
 
     def read(self, after: int) -> Page:
+        """The events after the cursor; the same :class:`Page` for the same cursor until the
+        next event (many long polls wait with one cursor)."""
+        page = self._pages.get(after)
+        if page is None:
+            page = self._pages[after] = self._read(after)
+        return page
+
+    def _read(self, after: int) -> Page:
         last = self._last_id
         oldest = self._events[0].id if self._events else last + 1
         if after > last or after < oldest - 1:
@@ -213,14 +279,18 @@ class MemoryLog:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while True:
-            changed = self._changed
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return self.read(after)
+            # One future per held request, resolved by the next append(): no task per waiter.
+            woken: asyncio.Future[None] = loop.create_future()
+            self._waiters.add(woken)
+            timer = loop.call_later(remaining, _resolve, woken)
             try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
-                return self.read(after)
+                await woken
+            finally:
+                timer.cancel()
+                self._waiters.discard(woken)
             page = self.read(after)
             if page.events or page.gap:
                 return page
@@ -236,3 +306,8 @@ class MemoryLog:
     @property
     def subscribers(self) -> int:
         return len(self._subscriptions)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

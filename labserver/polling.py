@@ -54,8 +54,9 @@ def page_response(request: web.Request, transport: str, page: Page) -> web.Respo
     if not page.events:
         counters.empty += 1
     return web.Response(
-        text=page.to_json(),
+        body=page.to_bytes(),  # built once per page: held long polls with one cursor share it
         content_type="application/json",
+        charset="utf-8",
         headers={"Cache-Control": "no-store"},
     )
 

@@ -34,9 +34,13 @@ The rest is what keeps one long response healthy:
   ``handler_cancellation=True``, so a closed connection cancels this handler and ``open`` drops.
   (Mounted in an app of your own without it, a gone client is noticed at the next write: the
   next event or heartbeat, within ``heartbeat_s``.)
-* A client that stops reading fills its bounded :class:`~labserver.events.Subscription`
-  (``queue_size`` events); it is then dropped — its connection aborted, logged — and may resume
-  with its last id. The publisher and the other clients never wait for it.
+* Each event is framed once — its block, as one HTTP chunk — and the event log writes those
+  same bytes to every open stream as it is published (:class:`EventWriter`, see
+  :meth:`~labserver.events.Subscription.forward`): per client, one write, no task to wake.
+* A client that stops reading leaves bytes unsent; past ``queue_size`` events' worth its
+  :class:`~labserver.events.Subscription` overflows and it is dropped — its connection
+  aborted, logged — and may resume with its last id. The publisher and the other clients
+  never wait for it.
 * ``POST /drop`` (and shutdown) ends every stream cleanly and closes its connection, so that a
   lesson can watch an ``EventSource`` reconnect and resume.
 
@@ -51,7 +55,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from aiohttp import web
@@ -142,12 +146,15 @@ def parse_last_event_id(request: web.Request) -> int | None:
 async def stream_events(
     response: web.StreamResponse, event_log: EventLog, sub: Subscription,
     last_event_id: int | None, opts: Options, counters: TransportCounters,
+    transport: asyncio.Transport,
 ) -> None:
-    """Write the stream: ``retry``, the replay, then each new event or a heartbeat.
+    """Write the stream: ``retry``, the replay, then each new event, or a heartbeat.
 
     ``sub`` was taken *before* the log is read here, so an event published in between is in
-    both; the subscription then skips what the replay already sent, by id. Returns when the
-    subscription overflowed (the handler drops this slow client) or the client went away.
+    both; ``sub.forward`` then skips what the replay already sent, by id. From then on the log
+    writes each event to this stream as it is published (:class:`EventWriter`), and this
+    coroutine only fills silences: every ``heartbeat_s`` in which nothing was written, a
+    ``: ping``. A client that stops reading overflows ``sub`` (the handler drops it).
     """
     await response.write(encode_block(retry_ms=opts.retry_ms))
     sent_through = 0  # every event with an id <= this was sent, or precedes the client's cursor
@@ -156,30 +163,61 @@ async def stream_events(
         if page.gap:
             await response.write(encode_gap(last_event_id, page.oldest_id))
         for event in page.events:
-            await response.write(encode_event(event))
+            await response.write(event.encoded(encode_event))
             counters.messages_out += 1
         sent_through = page.last_id
-    next_event = asyncio.ensure_future(sub.get())
+    chunked = response.headers.get("Transfer-Encoding") == "chunked"  # HTTP/1.1
+    wire = encode_event_chunk if chunked else encode_event
+    writer = EventWriter(transport, wire, opts.queue_size, counters)
+    sub.forward(writer, sent_through)
     try:
         while True:
-            # Wait for the next event, but write a heartbeat after heartbeat_s of silence.
-            # The pending get() is kept across heartbeats, never cancelled: no event is lost.
-            done, _ = await asyncio.wait({next_event}, timeout=opts.heartbeat_s)
-            if not done:
+            writer.wrote = False
+            await asyncio.sleep(opts.heartbeat_s)
+            if not writer.wrote:
                 await response.write(HEARTBEAT)
-                continue
-            event = next_event.result()
-            if event is None:  # the subscription overflowed: this client stopped reading
-                return
-            next_event = asyncio.ensure_future(sub.get())
-            if event.id <= sent_through:
-                continue
-            await response.write(encode_event(event))
-            counters.messages_out += 1
     except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
         return
-    finally:
-        next_event.cancel()
+
+
+def encode_event_chunk(event: Event) -> bytes:
+    """:func:`encode_event` as one HTTP/1.1 chunk (RFC 9112 §7.1: size in hex, CRLF, data, CRLF).
+
+    That is what ``response.write(block)`` puts on the wire of a chunked response; framed here
+    once per event, the same bytes then go to every stream.
+    """
+    block = event.encoded(encode_event)
+    return f"{len(block):x}\r\n".encode() + block + b"\r\n"
+
+
+class EventWriter:
+    """Per-client work: one write of the event's ready-made bytes to this stream's socket.
+
+    Called by the event log inside ``publish``. ``wire`` frames an event once for every stream
+    (:func:`encode_event_chunk` on a chunked response). Returns ``False`` once the client has
+    more than ``queue_size`` events' worth of bytes unsent: it stopped reading.
+    """
+
+    __slots__ = ("write", "is_closing", "unsent", "wire", "limit", "counters", "wrote")
+
+    def __init__(self, transport: asyncio.Transport, wire: Callable[[Event], bytes],
+                 queue_size: int, counters: TransportCounters) -> None:
+        self.write = transport.write  # bound once: this runs for every client of every event
+        self.is_closing = transport.is_closing
+        self.unsent = transport.get_write_buffer_size
+        self.wire = wire
+        self.limit = queue_size
+        self.counters = counters
+        self.wrote = False
+
+    def __call__(self, event: Event) -> bool:
+        if self.is_closing():
+            return True  # the client went away: the handler ends the stream
+        data = event.encoded(self.wire)
+        self.write(data)
+        self.counters.messages_out += 1
+        self.wrote = True
+        return self.unsent() <= self.limit * len(data)
 
 
 async def sse(request: web.Request) -> web.StreamResponse:
@@ -211,7 +249,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
         try:
             await response.prepare(request)
             sender = asyncio.create_task(
-                stream_events(response, app[LOG], sub, last_event_id, app[OPTIONS], counters)
+                stream_events(response, app[LOG], sub, last_event_id, app[OPTIONS], counters,
+                              transport)
             )
             stopped = asyncio.create_task(stop.wait())
             overflowed = asyncio.create_task(sub.overflowed.wait())
@@ -224,6 +263,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
                          address, sub.queue.qsize())
                 transport.abort()
             elif stop.is_set():
+                sub.close()  # no event may follow the last chunk
                 await end_stream(response, transport)
             elif sender.done():
                 sender.result()  # the client went away (None), or a bug surfaces here
