@@ -634,9 +634,8 @@ OPEN_STATE = "document.getElementById('state').textContent === 'OPEN (1)'"
 
 def history(page: Any) -> list[str]:
     """The states the page saw, oldest first."""
-    states = page.eval_on_selector_all("#history li[data-state]",
-                                       "els => els.map(e => e.dataset.state)")
-    return list(reversed(states))
+    return page.eval_on_selector_all("#history li[data-state]",
+                                     "els => els.map(e => e.dataset.state)")
 
 
 def test_browser_demo_walks_the_states_and_shows_events(srv: labserver.Server,
@@ -660,8 +659,17 @@ def test_browser_demo_walks_the_states_and_shows_events(srv: labserver.Server,
 
     page.click("#send")  # after CLOSED: the browser discards it without an exception
     assert "not sent: CLOSED" in page.locator('#messages li[data-kind="send"]').first.text_content()
+    deadline = time.monotonic() + 5
+    while ws_stats(srv)["open"]:  # the server's handler ends just after the close handshake
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     stats = ws_stats(srv)
-    assert (stats["messages_in"], stats["messages_out"], stats["open"]) == (2, 1, 0)
+    assert (stats["messages_in"], stats["messages_out"]) == (2, 1)
+
+    page.click("#early")  # before OPEN: the browser throws
+    error = page.locator('#messages li[data-kind="send-error"]')
+    error.wait_for(timeout=10_000)
+    assert "send() in CONNECTING: InvalidStateError" in error.text_content()
 
 
 def test_browser_resumes_with_after_once_the_server_drops_it(srv: labserver.Server,
