@@ -25,7 +25,8 @@ experiment has counters of its own (:func:`labserver.stats_diff`) and they split
 * ``streaming`` — while the events flow, connections already open: what each further event
   costs (for polling, every request of the run is here);
 * ``total`` — the whole experiment, closing included: the honest "bytes per delivered event";
-* ``held`` — the ``open`` gauge halfway through publishing: connections (or held requests) the
+* ``held`` — the ``open`` gauge halfway through publishing, between two events (a long poll is
+  answered by each event and asked again a moment later): connections, or held requests, the
   server keeps for these clients.
 
 :func:`run_side_by_side` runs several transports on one stream of events (the sweeps do, to stay
@@ -321,7 +322,8 @@ async def run_side_by_side(
     try:
         await _until(tasks, [job.connected for job in everyone], 10)
         connected = await srv.astats()
-        halfway = asyncio.create_task(_stats_after(srv, workload.duration_s / 2))
+        between_events_s = (workload.events // 2 + 0.5) * workload.interval_s
+        halfway = asyncio.create_task(_stats_after(srv, between_events_s))
         ids = await publish_workload(srv, workload)
         middle = await halfway
         await _until(tasks, [job.received_all for job in everyone], DELIVERY_GRACE_S)
