@@ -6,8 +6,13 @@
     srv.stats()                    # counters: requests, events, bytes at the socket
     srv.stop()
 
-Modules, one concern each: ``events`` (the log and its cursors — read its docstring first),
-``polling``, ``counters``, ``app`` (the factory), ``process`` (the handle), ``options``.
+Modules, one concern each. Transports: ``polling`` (short and long polling), ``sse``
+(Server-Sent Events), ``ws`` (WebSocket), ``socketio`` (Socket.IO), ``chat`` (rooms and shared
+sessions). Shared pieces: ``events`` (the event log and its cursors — read its docstring
+first), ``counters`` (bytes at the socket), ``app`` (the factory), ``options``, ``errors``,
+``keys``, ``whoami`` (the client's address and proxies), ``process`` (the handle), ``cluster``
+(scale-out on Redis), ``balancer`` (sticky sessions), ``measure`` and ``clients`` (what the
+lessons measure with).
 """
 
 from .app import create_app
