@@ -117,13 +117,26 @@ class Page:
 
 
 class Subscription:
-    """A push client's bounded queue of events. ``overflowed`` is set when it filled up."""
+    """A push client's bounded queue of events. ``overflowed`` is set when it filled up.
+
+    One per open connection, so it stays small: a deque only while events wait in it, a
+    future only while :meth:`get` waits, nothing at all once :meth:`forward` writes each
+    event as it comes.
+    """
+
+    __slots__ = ("_log", "maxsize", "_queue", "_getter", "_write", "overflowed")
 
     def __init__(self, log: EventLog, maxsize: int) -> None:
         self._log = log
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        self.overflowed = asyncio.Event()
+        self.maxsize = maxsize
+        self._queue: deque[Event] | None = None  # made by the first event that must wait
+        self._getter: asyncio.Future[None] | None = None  # a get() waiting for an event
         self._write: Callable[[Event], bool] | None = None
+        self.overflowed = asyncio.Event()
+
+    def qsize(self) -> int:
+        """Events queued now."""
+        return len(self._queue) if self._queue else 0
 
     def offer(self, event: Event) -> None:
         """Called by the log on publish; never blocks."""
@@ -131,12 +144,15 @@ class Subscription:
             return
         if self._write is not None:
             if not self._write(event):
-                self.overflowed.set()
+                self._overflow()
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.overflowed.set()
+        if self._queue is None:
+            self._queue = deque()
+        if len(self._queue) >= self.maxsize:
+            self._overflow()
+            return
+        self._queue.append(event)
+        self._wake()
 
     def forward(self, write: Callable[[Event], bool], sent_through: int = 0) -> None:
         """From now on, hand each event to ``write(event)`` as it is published: no queue.
@@ -147,28 +163,33 @@ class Subscription:
         ``False`` when the client is too slow (its unsent bytes exceed ``queue_size`` events'
         worth); the subscription is then *overflowed*, as a full queue would be.
         """
-        while not self.queue.empty():
-            event = self.queue.get_nowait()
+        queued, self._queue = self._queue or (), None
+        for event in queued:
             if event.id > sent_through and not write(event):
-                self.overflowed.set()
+                self._overflow()
                 return
         self._write = write
 
     async def get(self) -> Event | None:
         """The next event, or ``None`` once the queue overflowed (drop this client)."""
-        if self.overflowed.is_set():
-            return None
-        getter = asyncio.ensure_future(self.queue.get())
-        overflow = asyncio.ensure_future(self.overflowed.wait())
-        try:
-            await asyncio.wait({getter, overflow}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            overflow.cancel()
-            if not getter.done():
-                getter.cancel()
-        if getter.done() and not getter.cancelled():
-            return getter.result()
+        while not self.overflowed.is_set():
+            if self._queue:
+                return self._queue.popleft()
+            self._getter = asyncio.get_running_loop().create_future()
+            try:
+                await self._getter
+            finally:
+                self._getter = None
         return None
+
+    def _overflow(self) -> None:
+        self.overflowed.set()
+        self._queue = None
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._getter is not None and not self._getter.done():
+            self._getter.set_result(None)
 
     def close(self) -> None:
         self._log.unsubscribe(self)

@@ -259,8 +259,8 @@ async def sse(request: web.Request) -> web.StreamResponse:
             # overflow flag beside it, so that such a client is dropped all the same.
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if sub.overflowed.is_set():
-                log.info("sse client %s dropped: it stopped reading, %d events queued",
-                         address, sub.queue.qsize())
+                log.info("sse client %s dropped: it stopped reading, %d bytes unsent",
+                         address, transport.get_write_buffer_size())
                 transport.abort()
             elif stop.is_set():
                 sub.close()  # no event may follow the last chunk
