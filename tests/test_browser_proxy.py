@@ -17,6 +17,8 @@ import labserver
 PAGES = {
     "sse.html": "document.getElementById('state').textContent === 'OPEN'",
     "ws.html": "document.getElementById('state').textContent === 'OPEN (1)'",
+    # connected, and upgraded from polling to WebSocket through the proxy
+    "socketio.html": "document.getElementById('transport').textContent === 'websocket'",
 }
 
 
