@@ -48,7 +48,7 @@ from aiohttp.http import WebSocketError
 
 from .counters import TransportCounters
 from .errors import bad_request, json_error
-from .events import EventLog, Subscription
+from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .polling import parse_after
 from .whoami import client_address, request_host
@@ -107,7 +107,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     log.info("ws client connected %s", address)
     with open_gauge(counters), app[LOG].subscribe() as sub, app[CONNECTIONS].track("ws", drop):
         receiver = asyncio.create_task(receive_messages(ws, transport, counters, address))
-        sender = asyncio.create_task(send_events(ws, app[LOG], sub, after, counters))
+        sender = asyncio.create_task(send_events(ws, transport, app[LOG], sub, after, counters))
         overflow = asyncio.create_task(sub.overflowed.wait())
         tasks = [receiver, sender, overflow]
         if every_s is not None:
@@ -172,16 +172,19 @@ async def answer_text(
 
 
 async def send_events(
-    ws: web.WebSocketResponse, event_log: EventLog, sub: Subscription, after: int | None,
-    counters: TransportCounters,
+    ws: web.WebSocketResponse, transport: asyncio.Transport, event_log: EventLog,
+    sub: Subscription, after: int | None, counters: TransportCounters,
 ) -> None:
     """Replay what the client missed (``?after=``), then send each new event as it comes.
 
     ``sub`` was taken *before* the log is read here, so no event published in between is
-    lost; events the replay already sent are then skipped by id. When the client stops
-    reading, this task waits to write while ``sub`` fills up (``queue_size`` events); once it
-    overflowed, :func:`websocket` closes the client with 1008 "send queue full". The
-    publisher and the other clients never wait for it.
+    lost; events the replay already sent are then skipped by id. After the replay the log
+    itself writes each new event to this socket as it is published (:class:`FrameWriter`):
+    one frame per event, built once, the same bytes for every client. A client that
+    negotiated permessage-deflate has a compressor of its own, so its events are compressed
+    and sent here, one by one. A client that stops reading overflows ``sub`` (``queue_size``
+    events); :func:`websocket` then closes it with 1008 "send queue full". The publisher and
+    the other clients never wait for it.
     """
     sent_through = 0  # events with an id <= this were sent (or are before the client's cursor)
     try:
@@ -194,13 +197,61 @@ async def send_events(
                 await ws.send_str(event.json)
                 counters.messages_out += 1
             sent_through = page.last_id
+        if not ws.compress:
+            sub.forward(FrameWriter(ws, transport, event_log.queue_size, counters), sent_through)
+            return
         while (event := await sub.get()) is not None:
             if event.id <= sent_through:
                 continue
             await ws.send_str(event.json)
             counters.messages_out += 1
     except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
-        return  # the receiver sees the connection end
+        return
+
+
+def text_frame(event: Event) -> bytes:
+    """RFC 6455 §5.2: the event's JSON as one final text frame, unmasked (server to client).
+
+    Byte 0 is FIN + opcode 1 (text); then the payload length in 7 bits, or 126 and 16 bits,
+    or 127 and 64 bits; then the payload. Built once per event (:meth:`Event.encoded`).
+    """
+    payload = event.json.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
+
+
+class FrameWriter:
+    """Per-client work: one write of the event's ready-made frame to this client's socket.
+
+    Called by the event log inside ``publish`` (:meth:`Subscription.forward`). Writes nothing
+    once the socket is closing (no data frame may follow a Close frame). Returns ``False``
+    once the client has more than ``queue_size`` events' worth of bytes unsent.
+    """
+
+    __slots__ = ("ws", "write", "is_closing", "unsent", "limit", "counters")
+
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport,
+                 queue_size: int, counters: TransportCounters) -> None:
+        self.ws = ws
+        self.write = transport.write  # bound once: this runs for every client of every event
+        self.is_closing = transport.is_closing
+        self.unsent = transport.get_write_buffer_size
+        self.limit = queue_size
+        self.counters = counters
+
+    def __call__(self, event: Event) -> bool:
+        if self.ws.closed or self.is_closing():
+            return True  # closing: the handler is ending this connection
+        frame = event.encoded(text_frame)
+        self.write(frame)
+        self.counters.messages_out += 1
+        return self.unsent() <= self.limit * len(frame)
 
 
 async def send_status(ws: web.WebSocketResponse, every_s: float) -> None:
