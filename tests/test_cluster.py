@@ -111,3 +111,52 @@ def test_redis_restart_loses_nothing_and_ids_continue(make_server, redis_server)
     for node in (a, b):
         page = poll(node)
         assert [e["id"] for e in page["events"]] == [1, 2, 3, 4, 5] and not page["gap"]
+
+
+async def read_sse_ids(url: str, count: int, headers: dict[str, str] | None = None) -> list[int]:
+    ids: list[int] = []
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        async for line in resp.content:
+            if line.startswith(b"id: "):
+                ids.append(int(line[4:]))
+                if len(ids) == count:
+                    return ids
+    return ids
+
+
+async def test_every_push_transport_delivers_across_nodes(make_server, redis_server) -> None:
+    import socketio
+
+    a = make_server(redis_url=redis_server.url)
+    b = make_server(redis_url=redis_server.url)
+    sio_got: list[int] = []
+    client = socketio.AsyncClient(reconnection=False)
+    client.on("news", lambda event: sio_got.append(event["id"]))
+    await client.connect(b.url, transports=["websocket"])
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{b.url}/ws") as ws:
+            sse = asyncio.create_task(read_sse_ids(f"{b.url}/sse", 3))
+            await asyncio.sleep(0.3)
+            ids = [await a.apublish(n) for n in range(3)]
+            ws_got = [(await ws.receive_json(timeout=5))["id"] for _ in ids]
+            sse_got = await asyncio.wait_for(sse, 5)
+    for _ in range(50):
+        if len(sio_got) == 3:
+            break
+        await asyncio.sleep(0.05)
+    await client.disconnect()
+    assert ws_got == sse_got == sio_got == ids == [1, 2, 3]
+
+
+async def test_sse_resumes_on_another_node_with_last_event_id(make_server, redis_server) -> None:
+    a = make_server(redis_url=redis_server.url)
+    b = make_server(redis_url=redis_server.url)
+    for n in range(5):
+        await a.apublish(n)
+    for _ in range(50):
+        if (await b.astats())["events"]["last_id"] == 5:
+            break
+        await asyncio.sleep(0.05)
+    resumed = await asyncio.wait_for(
+        read_sse_ids(f"{b.url}/sse", 3, headers={"Last-Event-ID": "2"}), 5)
+    assert resumed == [3, 4, 5]
