@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from . import polling, socketio, sse, ws
+from . import chat, polling, socketio, sse, ws
 from .counters import Counters, counting_handler, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
@@ -96,6 +96,7 @@ def create_app(**options: Any) -> web.Application:
     app.router.add_post("/drop", drop)
     polling.setup(app)
     socketio.setup(app)
+    chat.setup(app)  # after socketio: /chat is a namespace of its server
     sse.setup(app)
     ws.setup(app)
     app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:html|js|css|svg)}", static_file)

@@ -306,14 +306,15 @@ class NewsFanOut:
             page = self.log.read(after)
             if page.gap:  # events were dropped from the log, or ``after`` is from another run
                 await self.sio.emit("gap", {"after": after, "oldest": page.oldest_id},
-                                    to=sid, namespace="/")
+                                    to=sid, namespace="/", ignore_queue=True)
                 after = page.oldest_id - 1  # then everything the log holds
             while True:
                 batch = [e for e in self.log.read(after).events if e.id <= self.sent_upto]
                 if not batch:
                     break
                 for event in batch:
-                    await self.sio.emit("news", event, to=sid, namespace="/")
+                    # ignore_queue: the socket is on this node (an Event is no JSON for Redis)
+                    await self.sio.emit("news", event, to=sid, namespace="/", ignore_queue=True)
                     self.counters.messages_out += 1
                     after = event.id
         finally:
@@ -373,6 +374,9 @@ def create_server(app: web.Application) -> LabAsyncServer:
     return LabAsyncServer(
         app,
         async_mode="aiohttp",
+        # A node of a cluster: rooms span nodes through python-socketio's Redis manager
+        # (every emit goes through Redis; ``news`` is emitted with ignore_queue, see broadcast).
+        client_manager=socketio.AsyncRedisManager(opts.redis_url) if opts.redis_url else None,
         serializer=EventPacket,
         transports=list(opts.socketio_transports),
         # Offer the upgrade only where WebSocket is allowed (python-engineio offers it anyway).
