@@ -62,8 +62,9 @@ DELIVERY_GRACE_S = 10.0
 #: measures it at the server's socket in Debian's headless Chromium and asserts it lies in this
 #: range (measured: 499 bytes, Chromium 156 on 127.0.0.1 with a five-digit port: User-Agent,
 #: three ``sec-ch-ua*``, three ``Sec-Fetch-*``, Referer, Accept-Encoding, Accept-Language,
-#: Connection, Host, Accept). A site's cookies come on top; HPBN's "~800 bytes" counts them.
-#: A lesson quotes the range; the test keeps it true.
+#: Connection, Host, Accept). A site's cookies come on top. HPBN's estimate of ~800 bytes of
+#: request and response headers per polling request (cookies not counted) is such a request
+#: plus an answer's headers. A lesson quotes the range; the test keeps it true.
 CHROMIUM_POLL_REQUEST_BYTES = (400, 700)
 
 

@@ -1,9 +1,10 @@
 """What a browser's poll costs before it carries anything: Chromium's request headers, measured.
 
-HPBN (ch. 14) puts "~800 bytes of headers" on every browser request; the Python clients of the
-lessons send far fewer. The lesson ``06_compare`` measures its Python client and quotes the
-browser's figure, :data:`labserver.clients.CHROMIUM_POLL_REQUEST_BYTES`, which this test keeps
-true: a real headless Chromium ``fetch()``es ``/poll`` from a page of the server, and the server
+HPBN's XHR chapter estimates about 800 bytes of request and response headers (cookies not
+counted) for every polling request; the Python clients of the lessons send far fewer. The lesson
+``06_compare`` measures its Python client and quotes the browser's figure,
+:data:`labserver.clients.CHROMIUM_POLL_REQUEST_BYTES`, which this test keeps true: a real
+headless Chromium ``fetch()``es ``/poll`` from a page of the server, and the server
 counts the request's bytes at its socket.
 """
 
