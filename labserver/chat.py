@@ -63,6 +63,7 @@ import aiohttp_session
 import socketio
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from socketio.packet import Packet
 
 from .errors import bad_request, json_error
 from .keys import OPTIONS, SIO
@@ -250,7 +251,7 @@ class ChatNamespace(socketio.AsyncNamespace):
         """Every event passes here: binary data is garbage for a text chat (the client is
         disconnected, as ``/ws`` closes with 1003), an unknown event is refused in its ack."""
         if event not in ("connect", "disconnect"):
-            if any(isinstance(a, (bytes, bytearray)) for a in args[1:]):
+            if Packet.data_is_binary(list(args[1:])):  # bytes anywhere in the payload
                 await self.disconnect(args[0])
                 return None
             self.counters.messages_in += 1

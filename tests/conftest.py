@@ -175,3 +175,18 @@ def jupyter_proxy() -> Iterator[JupyterProxy]:
             yield proxy
         finally:
             proxy.stop()
+
+
+@pytest.fixture
+def browser_context_factory(chromium_path: str) -> Iterator[Any]:
+    """``new_page()`` → a page in a fresh browser context of one headless Chromium: each
+    context has its own cookies, so two pages are two users (two sessions)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path, headless=True,
+                                    args=CHROMIUM_ARGS)
+        try:
+            yield lambda: browser.new_context().new_page()
+        finally:
+            browser.close()
