@@ -59,7 +59,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import aiohttp_session
 import socketio
 from aiohttp import web
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
@@ -366,6 +365,7 @@ def own_url(request: web.Request) -> str:
 
 
 CHAT: web.AppKey[Chat] = web.AppKey("chat")
+SESSIONS: web.AppKey[EncryptedCookieStorage] = web.AppKey("chat_sessions")
 SELF_HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("chat_self_http")
 #: Pages that give a browser its session (a name and a colour) if it has none.
 SESSION_PAGES = ("/", "/chat.html")
@@ -373,12 +373,20 @@ SESSION_PAGES = ("/", "/chat.html")
 
 @web.middleware
 async def give_identity(request: web.Request, handler: Any) -> web.StreamResponse:
-    """``GET /`` and the chat page: a new browser gets a name and a colour in its session."""
-    if request.method == "GET" and request.path in SESSION_PAGES:
-        session = await aiohttp_session.get_session(request)
-        if identity_of(session) is None:
-            session.update(new_identity())
-    return await handler(request)
+    """``GET /`` and the chat page: a new browser gets a name and a colour in its session.
+
+    The storage is called directly (not aiohttp-session's middleware): every other route,
+    every transport, stays untouched by sessions.
+    """
+    if request.method != "GET" or request.path not in SESSION_PAGES:
+        return await handler(request)
+    storage = request.app[SESSIONS]
+    session = await storage.load_session(request)
+    response = await handler(request)
+    if identity_of(session) is None and isinstance(response, web.Response):
+        session.update(new_identity())
+        await storage.save_session(request, response, session)  # Set-Cookie
+    return response
 
 
 def room_of(request: web.Request) -> str:
@@ -394,7 +402,7 @@ async def post_message(request: web.Request) -> web.Response:
     The speaker is whoever the session cookie says: no cookie, no message (401).
     """
     room_name = room_of(request)
-    identity = identity_of(await aiohttp_session.get_session(request))
+    identity = identity_of(await request.app[SESSIONS].load_session(request))
     if identity is None:
         return json_error(401, NO_SESSION)
     try:
@@ -449,7 +457,7 @@ def setup(app: web.Application) -> None:
         httponly=True,
         samesite="Lax",
     )
-    aiohttp_session.setup(app, storage)
+    app[SESSIONS] = storage
     app.middlewares.append(give_identity)
     chat = app[CHAT] = Chat(app[SIO])
 
