@@ -169,9 +169,9 @@ class LabAsyncServer(socketio.AsyncServer):
         if session is None or session.closed:
             return
         log.info("Socket.IO client %s dropped: %s", eio_sid, why)
+        request = self.websocket_request(eio_sid)  # before close() forgets the session
         await session.close(wait=False, abort=True, reason=self.reason.SERVER_DISCONNECT)
         session.queue.put_nowait(None)  # ends a held poll, or the WebSocket's writer
-        request = self.websocket_request(eio_sid)
         if abort_tcp and request is not None and request.transport is not None:
             request.transport.abort()
 

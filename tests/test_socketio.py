@@ -543,8 +543,12 @@ async def test_a_client_that_stops_reading_is_dropped_and_stalls_nobody(make_ser
                 async with session.post(srv.url + "/publish", json={"data": payload}) as resp:
                     assert resp.status == 200
                 publish_s.append(time.perf_counter() - started)
-        await wait_for_stat(srv, "open", 1, timeout_s=20)  # the slow one was dropped
+        await wait_for_stat(srv, "open", 1, timeout_s=20)  # the slow one was dropped …
         await healthy.wait_for(events, timeout_s=30)
+        with pytest.raises(websockets.ConnectionClosed):  # … and its connection cut
+            async with asyncio.timeout(10):
+                async for _ in slow:  # its backlog, then the end of the connection
+                    pass
     finally:
         await healthy.close()
         sock.close()
