@@ -624,6 +624,22 @@ def test_browser_official_client_news_reply_ack(
     assert counts["messages_out"] == 1 and counts["messages_in"] == 1
 
 
+def test_browser_default_client_falls_back_on_a_polling_only_server(
+    make_server: Any, browser_page: Any,
+) -> None:
+    srv = make_server(socketio_transports=["polling"])
+    page = browser_page
+    page.goto(srv.browser_url + "socketio.html")  # default transports: polling, then upgrade
+    page.wait_for_function("document.getElementById('state').textContent === 'connected'",
+                           timeout=10_000)
+    event_id = srv.publish("over polling")
+    page.wait_for_selector(f"#events li[data-id='{event_id}'][data-acked='true']",
+                           timeout=10_000)
+    history = page.inner_text("#history")
+    assert history.startswith("polling (") and "→" not in history  # no upgrade was offered
+    assert page.inner_text("#transport") == "polling"
+
+
 def test_browser_resumes_after_drop(srv: labserver.Server, browser_page: Any) -> None:
     page = browser_page
     page.goto(srv.browser_url + "socketio.html")
