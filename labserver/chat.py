@@ -299,6 +299,8 @@ class ChatNamespace(socketio.AsyncNamespace):
 
     async def on_chat(self, sid: str, *args: Any) -> dict[str, Any]:
         """``chat`` ``{"room", "text"}`` → every member of the room, sender included."""
+        if len(args) == 1 and isinstance(args[0], dict) and {"user", "color"} & set(args[0]):
+            return refuse("user and color come from your session, not from the message")
         data = one_object(args, {"room", "text"})
         if data is None:
             return refuse('chat takes {"room": R, "text": T}')
