@@ -41,8 +41,9 @@ its history are gone (the book deletes a room when its last user leaves).
 
 Scale-out: with ``redis_url`` every emit goes through python-socketio's ``AsyncRedisManager``,
 so a ``chat`` reaches the members of the room on every node. Member counts, the room list and
-the history are **per node** (python-socketio cannot list another node's participants either);
-a message sent on a node is in that node's history.
+the history are **per node** (python-socketio cannot list another node's participants either):
+a message sent on a node is in that node's history, ``POST /rooms/{room}/messages`` needs a
+member of the room on the node it reaches, and ``whisper`` reaches sockets of its own node.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Chromium.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -347,8 +349,6 @@ async def test_a_socket_handler_calling_its_own_route_must_set_the_cookie(srv) -
 
 
 def test_the_chat_page_is_linked_from_the_index(srv: labserver.Server) -> None:
-    import urllib.request
-
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(srv.url + "/", timeout=5) as resp:
         assert 'href="chat.html"' in resp.read().decode()
@@ -373,6 +373,8 @@ async def test_a_chat_message_crosses_nodes_through_redis(make_server: Any,
         await until(lambda: len(b.got["joined"]) + len(a.got["joined"]) >= 1)
         assert (await a.call("chat", {"room": "r", "text": "across nodes"}))["ok"]
         await until(lambda: len(b.got["chat"]) == 1 and len(a.got["chat"]) == 1)
+        await asyncio.sleep(0.3)  # a copy echoed back through Redis would have arrived by now
+        assert len(a.got["chat"]) == len(b.got["chat"]) == 1
         assert b.got["chat"][0]["user"] == me["user"]
         # news on "/" is still emitted once per client, by the client's own node.
         news = socketio.AsyncClient(reconnection=False)
@@ -428,3 +430,25 @@ def test_browser_two_users_chat_and_a_third_room_hears_nothing(
     ann.click("#refresh")
     ann.wait_for_selector("#rooms >> text=beta")
     assert "2 in" in ann.text_content("#rooms")
+
+
+def test_browser_chat_page_works_through_the_hub_proxy(
+    srv: labserver.Server, jupyter_proxy: Any, browser_page: Any,
+) -> None:
+    """Relative URLs: the session cookie, the namespace and the routes behind /proxy/PORT/."""
+    page = browser_page
+    page.goto(jupyter_proxy.url_for(srv.port, "chat.html"))
+    page.wait_for_function("document.getElementById('sid').textContent.length > 15",
+                           timeout=15_000)
+    page.fill("#room-name", "proxied")
+    page.click("#join")
+    page.wait_for_function("document.getElementById('current').textContent === 'proxied'")
+    page.fill("#text", "through the proxy")
+    page.check("#via-route")  # POST rooms/proxied/messages, relative to the page
+    page.click("#send")
+    page.wait_for_selector("#messages li.msg >> text=through the proxy")
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+        srv.url + "/rooms/proxied/messages", timeout=5
+    ) as resp:
+        body = json.loads(resp.read())
+    assert [m["text"] for m in body["messages"]] == ["through the proxy"]
