@@ -47,6 +47,7 @@ Routes reach this server the way the chapter's ``req.app.get('io')`` does:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -56,13 +57,14 @@ from typing import Any
 
 import socketio
 from aiohttp import hdrs, web
+from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio.packet import Packet
 
 from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS, SIO
-from .ws import origin_allowed
+from .ws import frame_text, origin_allowed
 
 log = logging.getLogger("labserver.socketio")
 #: python-socketio and python-engineio log every packet at INFO; keep only their warnings.
@@ -101,6 +103,58 @@ class EventPacket(Packet):
     json = _SpliceEventJSON
 
 
+def news_frame(event: Event) -> bytes:
+    """The shared pre-encoded packet: ``42["news",<event JSON>]`` as one WebSocket text frame.
+
+    ``4`` is an Engine.IO *message*, ``2`` a Socket.IO *event* of namespace ``/``: exactly the
+    bytes python-socketio would frame for each socket, built here once per event
+    (:meth:`Event.encoded`) and written as they are to every socket on a WebSocket.
+    """
+    return frame_text(b'42["news",' + event.json.encode() + b"]")
+
+
+class FanOutWebSocket(engineio_aiohttp.WebSocket):
+    """python-engineio's aiohttp WebSocket, which also tells its session where it writes.
+
+    While the WebSocket of a session is open, ``session.lab_websocket`` is this object, so the
+    fan-out can write the shared frame to its socket (:func:`idle_websocket`).
+    """
+
+    transport: Any = None
+
+    async def __call__(self, environ: dict[str, Any]) -> Any:
+        session = getattr(self.handler, "__self__", None)  # the bound _websocket_handler
+        self.transport = environ["aiohttp.request"].transport  # counts bytes at the socket
+        if session is not None:
+            session.lab_websocket = self
+        try:
+            return await super().__call__(environ)
+        finally:
+            if session is not None:
+                session.lab_websocket = None
+
+
+def idle_websocket(session: Any) -> asyncio.Transport | None:
+    """The socket of a session whose WebSocket carries it and has nothing waiting to be sent.
+
+    python-engineio writes a session's packets from its queue in a writer task. A frame
+    written straight to the socket keeps its place in line only when that queue is empty and
+    the writer is waiting on it (nothing taken out and not yet written), the upgrade from
+    polling is over, and the socket neither closes nor compresses (permessage-deflate frames
+    are per client). Anything else takes python-socketio's own path.
+    """
+    websocket = getattr(session, "lab_websocket", None)
+    if websocket is None or not session.upgraded or session.upgrading or session.closed:
+        return None
+    sock, transport = websocket._sock, websocket.transport
+    if sock is None or sock.closed or sock.compress or transport.is_closing():
+        return None
+    queue = session.queue
+    if not queue.empty() or not any(not getter.done() for getter in queue._getters):
+        return None
+    return transport
+
+
 # --- the server ---------------------------------------------------------------------------
 
 
@@ -116,6 +170,9 @@ class LabAsyncServer(socketio.AsyncServer):
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
+        # python-engineio picks its WebSocket class from this table (a copy: the driver's
+        # own table stays as it is); FanOutWebSocket lets the fan-out write to the socket.
+        self.eio._async = {**self.eio._async, "websocket": FanOutWebSocket}
         self._tracked: dict[str, AbstractContextManager[None]] = {}
         self._upgrades: dict[str, web.Request] = {}  # session id → its WebSocket upgrade
 
@@ -248,6 +305,7 @@ class NewsFanOut:
         self.log = event_log
         self.queue_size = queue_size
         self.sent_upto = 0  # set from the log when run() starts
+        self.last_frame_size = 64  # bytes of the last event's frame: the unit of a backlog
         self.replaying: set[str] = set()  # sockets that broadcasts skip until caught up
 
     @property
@@ -279,20 +337,41 @@ class NewsFanOut:
         await self.drop_slow_clients()
         # One step, no await until python-socketio has picked the recipients inside emit():
         # sent_upto and the set of sockets that receive the event change together.
-        skip = list(self.replaying)
-        recipients = [sid for sid, _ in self.sio.manager.get_participants("/", None)
-                      if sid not in self.replaying]
+        recipients = [(sid, eio_sid) for sid, eio_sid in
+                      self.sio.manager.get_participants("/", None) if sid not in self.replaying]
         self.sent_upto = event.id
         self.counters.messages_out += len(recipients)
-        # ignore_queue: with a message queue (scale-out on Redis) every node's event log
-        # already receives every event, so each node emits to its own sockets only.
-        await self.sio.emit("news", event, namespace="/", skip_sid=skip, ignore_queue=True)
+        # Per-event work once: the packet is framed once; per-client work a write, for every
+        # socket whose WebSocket is idle. The others (polling, upgrading, busy, compressed)
+        # get it through python-socketio, in order behind what they already have queued.
+        frame = event.encoded(news_frame)
+        self.last_frame_size = len(frame)
+        queued = []
+        for sid, eio_sid in recipients:
+            transport = idle_websocket(self.sio.eio.sockets.get(eio_sid))
+            if transport is None:
+                queued.append(sid)
+            else:
+                transport.write(frame)
+        if queued:
+            # ignore_queue: with a message queue (scale-out on Redis) every node's event log
+            # already receives every event, so each node emits to its own sockets only.
+            await self.sio.emit("news", event, namespace="/", to=queued, ignore_queue=True)
 
     async def drop_slow_clients(self) -> None:
-        """python-engineio queues without bound: a client ``queue_size`` packets behind goes."""
+        """python-engineio queues without bound: a client ``queue_size`` packets behind goes.
+
+        A socket written to directly holds its backlog in its send buffer instead: past
+        ``queue_size`` events' worth of unsent bytes it goes too.
+        """
+        limit = self.queue_size * self.last_frame_size
         for _, eio_sid in self.sio.manager.get_participants("/", None):
             session = self.sio.eio.sockets.get(eio_sid)
-            if session is not None and session.queue.qsize() >= self.queue_size:
+            if session is None:
+                continue
+            websocket = getattr(session, "lab_websocket", None)
+            unsent = websocket.transport.get_write_buffer_size() if websocket else 0
+            if session.queue.qsize() >= self.queue_size or unsent > limit:
                 await self.sio.drop_connection(eio_sid, "send queue full", abort_tcp=True)
 
     async def replay(self, sid: str, after: int) -> None:

@@ -210,12 +210,16 @@ async def send_events(
 
 
 def text_frame(event: Event) -> bytes:
-    """RFC 6455 §5.2: the event's JSON as one final text frame, unmasked (server to client).
+    """The event's JSON as one WebSocket text frame (built once per event, ``Event.encoded``)."""
+    return frame_text(event.json.encode())
+
+
+def frame_text(payload: bytes) -> bytes:
+    """RFC 6455 §5.2: ``payload`` as one final text frame, unmasked (server to client).
 
     Byte 0 is FIN + opcode 1 (text); then the payload length in 7 bits, or 126 and 16 bits,
-    or 127 and 64 bits; then the payload. Built once per event (:meth:`Event.encoded`).
+    or 127 and 64 bits; then the payload.
     """
-    payload = event.json.encode()
     n = len(payload)
     if n < 126:
         header = bytes((0x81, n))
