@@ -97,3 +97,45 @@ def test_bounds_are_checked() -> None:
         MemoryLog(log_size=0)
     with pytest.raises(ValueError):
         MemoryLog(queue_size=0)
+
+
+# --- per-event work once, per-client work a write ----------------------------------------
+
+
+async def test_an_event_is_encoded_once_per_wire_format() -> None:
+    log = MemoryLog()
+    event = await log.publish({"x": 1})
+    calls: list[int] = []
+
+    def frame(e: Event) -> bytes:
+        calls.append(e.id)
+        return b"<" + e.json.encode() + b">"
+
+    first = event.encoded(frame)
+    assert event.encoded(frame) is first and calls == [1]
+    assert first == b'<' + event.json.encode() + b'>'
+
+
+async def test_forward_writes_the_queue_then_each_event_as_it_is_published() -> None:
+    log = MemoryLog(queue_size=3)
+    written: list[int] = []
+    with log.subscribe() as sub:
+        for i in range(3):  # queued before the client's replay is done: ids 1, 2, 3
+            await log.publish(i)
+        sub.forward(lambda e: written.append(e.id) is None, sent_through=1)  # replay sent 1
+        assert written == [2, 3]
+        await log.publish("live")
+        assert written == [2, 3, 4] and sub.qsize() == 0
+        sub.forward(lambda e: False, sent_through=4)  # a client whose socket stopped taking
+        await log.publish("too many")
+        assert sub.overflowed.is_set() and await sub.get() is None
+
+
+async def test_long_polls_with_one_cursor_share_one_page() -> None:
+    log = MemoryLog()
+    await fill(log, 2)
+    page = log.read(1)
+    assert log.read(1) is page and page.to_bytes() is page.to_bytes()
+    assert page.to_bytes() == page.to_json().encode()
+    await log.publish("next")
+    assert log.read(1) is not page and ids(log.read(1)) == [2, 3]
