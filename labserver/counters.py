@@ -16,6 +16,8 @@ counters of one experiment with :func:`stats_diff` (``after - before``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +48,16 @@ class TransportCounters:
     open: int = 0  # connections (or held requests) open now: a gauge, not a count
     bytes_in: int = 0  # bytes received at the socket
     bytes_out: int = 0  # bytes written to the socket
+
+
+@contextmanager
+def open_gauge(counters: TransportCounters) -> Iterator[None]:
+    """``with open_gauge(counters):`` for the life of a connection or a held request."""
+    counters.open += 1
+    try:
+        yield
+    finally:
+        counters.open -= 1
 
 
 class Counters:

@@ -20,6 +20,7 @@ import math
 
 from aiohttp import web
 
+from .counters import open_gauge
 from .errors import bad_request
 from .events import Page
 from .keys import COUNTERS, LOG
@@ -71,12 +72,8 @@ async def long_poll(request: web.Request) -> web.Response:
     """Long polling: hold the request until there is something newer than ``after``."""
     after = parse_after(request)
     timeout_s = parse_timeout_s(request)
-    counters = request.app[COUNTERS]["long_poll"]
-    counters.open += 1
-    try:
+    with open_gauge(request.app[COUNTERS]["long_poll"]):  # a held request is an open one
         page = await request.app[LOG].wait(after, timeout_s)
-    finally:
-        counters.open -= 1
     return page_response(request, "long_poll", page)
 
 

@@ -55,12 +55,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from aiohttp import web
 
-from .counters import TransportCounters
+from .counters import TransportCounters, open_gauge
 from .errors import bad_request
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
@@ -288,15 +287,6 @@ async def end_stream(response: web.StreamResponse, transport: asyncio.Transport)
         await asyncio.wait_for(response.write_eof(), CLOSE_TIMEOUT_S)
     except TimeoutError:
         transport.abort()
-
-
-@contextmanager
-def open_gauge(counters: TransportCounters) -> Iterator[None]:
-    counters.open += 1
-    try:
-        yield
-    finally:
-        counters.open -= 1
 
 
 def setup(app: web.Application) -> None:

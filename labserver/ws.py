@@ -38,15 +38,13 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from aiohttp.http import WebSocketError
 
-from .counters import TransportCounters
+from .counters import TransportCounters, open_gauge
 from .errors import bad_request, json_error
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
@@ -285,15 +283,6 @@ async def close_socket(
     if not done:
         closing.cancel()  # aiohttp then closes the transport, which flushes what it holds
         asyncio.get_running_loop().call_later(FLUSH_GRACE_S, transport.abort)
-
-
-@contextmanager
-def open_gauge(counters: TransportCounters) -> Iterator[None]:
-    counters.open += 1
-    try:
-        yield
-    finally:
-        counters.open -= 1
 
 
 def parse_every_s(request: web.Request) -> float | None:
