@@ -140,11 +140,12 @@ class Subscription:
 
     def offer(self, event: Event) -> None:
         """Called by the log on publish; never blocks."""
-        if self.overflowed.is_set():
-            return
-        if self._write is not None:
-            if not self._write(event):
+        write = self._write  # forwarding: once per client per event, so the first test
+        if write is not None:
+            if not write(event):
                 self._overflow()
+            return
+        if self.overflowed.is_set():
             return
         if self._queue is None:
             self._queue = deque()
@@ -163,6 +164,8 @@ class Subscription:
         ``False`` when the client is too slow (its unsent bytes exceed ``queue_size`` events'
         worth); the subscription is then *overflowed*, as a full queue would be.
         """
+        if self.overflowed.is_set():  # it filled up during the replay: the client goes
+            return
         queued, self._queue = self._queue or (), None
         for event in queued:
             if event.id > sent_through and not write(event):
@@ -184,7 +187,7 @@ class Subscription:
 
     def _overflow(self) -> None:
         self.overflowed.set()
-        self._queue = None
+        self._queue = self._write = None
         self._wake()
 
     def _wake(self) -> None:
