@@ -35,7 +35,7 @@ The rest is what keeps one long response healthy:
   (Mounted in an app of your own without it, a gone client is noticed at the next write: the
   next event or heartbeat, within ``heartbeat_s``.)
 * Each event is framed once — its block, as one HTTP chunk — and the event log writes those
-  same bytes to every open stream as it is published (:class:`EventWriter`, see
+  same bytes to every open stream as it is published (:mod:`labserver.fanout`, see
   :meth:`~labserver.events.Subscription.forward`): per client, one write, no task to wake.
 * A client that stops reading leaves bytes unsent; past ``queue_size`` events' worth its
   :class:`~labserver.events.Subscription` overflows and it is dropped — its connection
@@ -55,13 +55,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
 
 from aiohttp import web
 
 from .counters import TransportCounters, open_gauge
 from .errors import bad_request
 from .events import Event, EventLog, Subscription
+from .fanout import SocketWriter
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .options import Options
 
@@ -151,7 +151,7 @@ async def stream_events(
 
     ``sub`` was taken *before* the log is read here, so an event published in between is in
     both; ``sub.forward`` then skips what the replay already sent, by id. From then on the log
-    writes each event to this stream as it is published (:class:`EventWriter`), and this
+    writes each event to this stream as it is published (:class:`SocketWriter`), and this
     coroutine only fills silences: every ``heartbeat_s`` in which nothing was written, a
     ``: ping``. A client that stops reading overflows ``sub`` (the handler drops it).
     """
@@ -167,7 +167,7 @@ async def stream_events(
         sent_through = page.last_id
     chunked = response.headers.get("Transfer-Encoding") == "chunked"  # HTTP/1.1
     wire = encode_event_chunk if chunked else encode_event
-    writer = EventWriter(transport, wire, opts.queue_size, counters)
+    writer = SocketWriter(transport, wire, opts.queue_size, counters)
     sub.forward(writer, sent_through)
     try:
         while True:
@@ -187,36 +187,6 @@ def encode_event_chunk(event: Event) -> bytes:
     """
     block = event.encoded(encode_event)
     return f"{len(block):x}\r\n".encode() + block + b"\r\n"
-
-
-class EventWriter:
-    """Per-client work: one write of the event's ready-made bytes to this stream's socket.
-
-    Called by the event log inside ``publish``. ``wire`` frames an event once for every stream
-    (:func:`encode_event_chunk` on a chunked response). Returns ``False`` once the client has
-    more than ``queue_size`` events' worth of bytes unsent: it stopped reading.
-    """
-
-    __slots__ = ("write", "is_closing", "unsent", "wire", "limit", "counters", "wrote")
-
-    def __init__(self, transport: asyncio.Transport, wire: Callable[[Event], bytes],
-                 queue_size: int, counters: TransportCounters) -> None:
-        self.write = transport.write  # bound once: this runs for every client of every event
-        self.is_closing = transport.is_closing
-        self.unsent = transport.get_write_buffer_size
-        self.wire = wire
-        self.limit = queue_size
-        self.counters = counters
-        self.wrote = False
-
-    def __call__(self, event: Event) -> bool:
-        if self.is_closing():
-            return True  # the client went away: the handler ends the stream
-        data = event.encoded(self.wire)
-        self.write(data)
-        self.counters.messages_out += 1
-        self.wrote = True
-        return self.unsent() <= self.limit * len(data)
 
 
 async def sse(request: web.Request) -> web.StreamResponse:

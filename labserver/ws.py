@@ -47,6 +47,7 @@ from aiohttp.http import WebSocketError
 from .counters import TransportCounters, open_gauge
 from .errors import bad_request, json_error
 from .events import Event, EventLog, Subscription
+from .fanout import SocketWriter
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .polling import parse_after
 from .whoami import client_address, request_host
@@ -177,7 +178,7 @@ async def send_events(
 
     ``sub`` was taken *before* the log is read here, so no event published in between is
     lost; events the replay already sent are then skipped by id. After the replay the log
-    itself writes each new event to this socket as it is published (:class:`FrameWriter`):
+    itself writes each new event to this socket as it is published (:class:`SocketWriter`):
     one frame per event, built once, the same bytes for every client. A client that
     negotiated permessage-deflate has a compressor of its own, so its events are compressed
     and sent here, one by one. A client that stops reading overflows ``sub`` (``queue_size``
@@ -196,7 +197,9 @@ async def send_events(
                 counters.messages_out += 1
             sent_through = page.last_id
         if not ws.compress:
-            sub.forward(FrameWriter(ws, transport, event_log.queue_size, counters), sent_through)
+            writer = SocketWriter(transport, text_frame, event_log.queue_size, counters,
+                                  closed=lambda: ws.closed)  # no data after a Close
+            sub.forward(writer, sent_through)
             return
         while (event := await sub.get()) is not None:
             if event.id <= sent_through:
@@ -226,34 +229,6 @@ def frame_text(payload: bytes) -> bytes:
     else:
         header = bytes((0x81, 127)) + n.to_bytes(8, "big")
     return header + payload
-
-
-class FrameWriter:
-    """Per-client work: one write of the event's ready-made frame to this client's socket.
-
-    Called by the event log inside ``publish`` (:meth:`Subscription.forward`). Writes nothing
-    once the socket is closing (no data frame may follow a Close frame). Returns ``False``
-    once the client has more than ``queue_size`` events' worth of bytes unsent.
-    """
-
-    __slots__ = ("ws", "write", "is_closing", "unsent", "limit", "counters")
-
-    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.Transport,
-                 queue_size: int, counters: TransportCounters) -> None:
-        self.ws = ws
-        self.write = transport.write  # bound once: this runs for every client of every event
-        self.is_closing = transport.is_closing
-        self.unsent = transport.get_write_buffer_size
-        self.limit = queue_size
-        self.counters = counters
-
-    def __call__(self, event: Event) -> bool:
-        if self.ws.closed or self.is_closing():
-            return True  # closing: the handler is ending this connection
-        frame = event.encoded(text_frame)
-        self.write(frame)
-        self.counters.messages_out += 1
-        return self.unsent() <= self.limit * len(frame)
 
 
 async def send_status(ws: web.WebSocketResponse, every_s: float) -> None:
