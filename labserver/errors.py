@@ -8,6 +8,7 @@ other HTTP error aiohttp raises — 404 unknown route, 405 wrong method, 413 bod
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,21 @@ def json_error(status: int, reason: str, headers: Any = None) -> web.Response:
 def bad_request(reason: str) -> web.HTTPBadRequest:
     """An exception to ``raise``: 400 with ``{"error": reason}``."""
     return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
+
+
+def query_seconds(request: web.Request, name: str, low_s: float, high_s: float,
+                  default_s: float | None = None) -> float | None:
+    """A query parameter that is a number of seconds in [low_s, high_s]; 400 otherwise."""
+    text = request.query.get(name)
+    if text is None:
+        return default_s
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise bad_request(f"{name} must be a number of seconds") from None
+    if not math.isfinite(seconds) or not low_s <= seconds <= high_s:
+        raise bad_request(f"{name} must be between {low_s:g} and {high_s:g} seconds")
+    return seconds
 
 
 _REASONS = {

@@ -16,12 +16,10 @@ how little it differs from :func:`poll`.
 
 from __future__ import annotations
 
-import math
-
 from aiohttp import web
 
 from .counters import open_gauge
-from .errors import bad_request
+from .errors import bad_request, query_seconds
 from .events import Page
 from .keys import COUNTERS, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
@@ -37,15 +35,8 @@ def parse_after(request: web.Request) -> int:
 
 def parse_timeout_s(request: web.Request) -> float:
     """How long a long poll may be held: 0 … LONG_POLL_MAX_S seconds (default 25)."""
-    text = request.query.get("timeout")
-    if text is None:
-        return LONG_POLL_DEFAULT_S
-    try:
-        timeout_s = float(text)
-    except ValueError:
-        raise bad_request("timeout must be a number of seconds") from None
-    if not math.isfinite(timeout_s) or not 0 <= timeout_s <= LONG_POLL_MAX_S:
-        raise bad_request(f"timeout must be between 0 and {LONG_POLL_MAX_S:g} seconds")
+    timeout_s = query_seconds(request, "timeout", 0, LONG_POLL_MAX_S, LONG_POLL_DEFAULT_S)
+    assert timeout_s is not None
     return timeout_s
 
 

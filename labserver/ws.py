@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,7 +44,7 @@ from aiohttp import WSCloseCode, WSMsgType, hdrs, web
 from aiohttp.http import WebSocketError
 
 from .counters import TransportCounters, open_gauge
-from .errors import bad_request, json_error
+from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
 from .fanout import SocketWriter
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
@@ -262,16 +261,7 @@ async def close_socket(
 
 def parse_every_s(request: web.Request) -> float | None:
     """``?every=S``: a status message every S seconds, EVERY_MIN_S … EVERY_MAX_S."""
-    text = request.query.get("every")
-    if text is None:
-        return None
-    try:
-        every_s = float(text)
-    except ValueError:
-        raise bad_request("every must be a number of seconds") from None
-    if not math.isfinite(every_s) or not EVERY_MIN_S <= every_s <= EVERY_MAX_S:
-        raise bad_request(f"every must be between {EVERY_MIN_S:g} and {EVERY_MAX_S:g} seconds")
-    return every_s
+    return query_seconds(request, "every", EVERY_MIN_S, EVERY_MAX_S)
 
 
 # --- the origin check: what aiohttp leaves to us -----------------------------------------

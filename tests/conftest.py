@@ -32,6 +32,18 @@ def require(tool: str, path: str | None) -> str:
     pytest.skip(message)
 
 
+async def wait_for_stat(srv: labserver.Server, name: str, value: int, *, transport: str,
+                        timeout_s: float = 5) -> None:
+    """Wait until the counter ``transport``.``name`` reads ``value`` (tests import it)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while (await srv.astats())["transports"][transport][name] != value:
+        assert time.monotonic() < deadline, f"{transport} {name} never became {value}"
+        await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 def srv() -> Iterator[labserver.Server]:
     """A fresh labserver in a child process, stopped after the test."""

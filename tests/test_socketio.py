@@ -11,6 +11,7 @@ Chromium.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from importlib import resources
 from typing import Any
 
 import aiohttp
+import conftest
 import pytest
 import socketio
 import websockets
@@ -65,11 +67,7 @@ async def wait_until(predicate: Any, what: str, timeout_s: float = 5) -> None:
         await asyncio.sleep(0.02)
 
 
-async def wait_for_stat(srv: labserver.Server, name: str, value: int, timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (await srv.astats())["transports"]["socketio"][name] != value:
-        assert time.monotonic() < deadline, f"socketio {name} never became {value}"
-        await asyncio.sleep(0.02)
+wait_for_stat = functools.partial(conftest.wait_for_stat, transport="socketio")
 
 
 class NewsClient:

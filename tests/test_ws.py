@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import urllib.request
 from typing import Any
 
 import aiohttp
+import conftest
 import pytest
 import websockets
 from websockets.frames import Frame, Opcode
@@ -61,11 +63,7 @@ def ws_stats(srv: labserver.Server) -> dict[str, int]:
     return srv.stats()["transports"]["ws"]
 
 
-async def wait_for_stat(srv: labserver.Server, name: str, value: int, timeout_s: float = 5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (await srv.astats())["transports"]["ws"][name] != value:
-        assert time.monotonic() < deadline, f"ws {name} never became {value}"
-        await asyncio.sleep(0.02)
+wait_for_stat = functools.partial(conftest.wait_for_stat, transport="ws")
 
 
 class RawSocket:
