@@ -29,7 +29,7 @@ from aiohttp import web
 from aiohttp.web_server import Server
 
 from . import chat, polling, socketio, sse, ws
-from .counters import Counters, counting_handler, counting_middleware
+from .counters import Counters, CountingServer, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
@@ -248,13 +248,8 @@ class CountingAppRunner(web.AppRunner):
 
     async def _make_server(self) -> Server:
         server = await super()._make_server()
-        handler_cls = counting_handler(self.app[COUNTERS])
-
-        class CountingServer(Server):
-            def __call__(self) -> Any:
-                return handler_cls(self, loop=self._loop, **self._kwargs)
-
-        server.__class__ = CountingServer
+        server.__class__ = CountingServer  # aiohttp builds a plain Server; ours makes the protocol
+        server.counters = self.app[COUNTERS]
         return server
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 
 from .keys import COUNTERS
 
@@ -124,18 +125,17 @@ class CountingRequestHandler(RequestHandler):
     transport is being handled, or after an upgrade, bytes are charged to it as they come.
     """
 
-    counters: Counters | None = None  # set on the class made by :func:`counting_handler`
+    counters: Counters | None = None  # set by :class:`CountingServer` when it makes one
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.owner: str | None = None
-        self.charged: TransportCounters | None = None  # the owner's counters
+        self.charged: TransportCounters | None = None  # the current request's transport
         self.in_request = False
         self.pending_in = 0
         super().connection_made(_CountingTransport(transport, self))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
-        if self.in_request and self.owner is not None:
-            self._charge(self.owner, bytes_in=len(data))
+        if self.in_request and self.charged is not None:
+            self.charged.bytes_in += len(data)
         else:
             self.pending_in += len(data)
         super().data_received(data)
@@ -146,29 +146,27 @@ class CountingRequestHandler(RequestHandler):
 
     def charge_to(self, transport: str | None) -> None:
         """Called at the start of a request: its bytes belong to ``transport`` (or none)."""
-        self.owner = transport
         self.charged = (self.counters[transport]
                         if transport is not None and self.counters is not None else None)
         self.in_request = transport is not None
-        if transport is not None and self.pending_in:
-            self._charge(transport, bytes_in=self.pending_in)
+        if self.charged is not None:
+            self.charged.bytes_in += self.pending_in
         self.pending_in = 0
 
     def request_done(self) -> None:
         """Called when the handler returns; bytes of the next request wait for its route."""
         self.in_request = False
 
-    def _charge(self, transport: str, bytes_in: int = 0, bytes_out: int = 0) -> None:
-        if self.counters is None:
-            return
-        c = self.counters[transport]
-        c.bytes_in += bytes_in
-        c.bytes_out += bytes_out
 
+class CountingServer(Server):
+    """aiohttp's protocol factory, making :class:`CountingRequestHandler` connections."""
 
-def counting_handler(counters: Counters) -> type[CountingRequestHandler]:
-    """A :class:`CountingRequestHandler` class bound to one app's counters."""
-    return type("BoundCountingRequestHandler", (CountingRequestHandler,), {"counters": counters})
+    counters: Counters | None = None  # set by the runner (``labserver.app.CountingAppRunner``)
+
+    def __call__(self) -> CountingRequestHandler:
+        handler = CountingRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.counters = self.counters
+        return handler
 
 
 def transport_of(request: web.Request) -> str | None:

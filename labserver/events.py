@@ -77,9 +77,6 @@ class Event:
         text = json.dumps({"id": id, "data": data, "ts": ts}, separators=(",", ":"))
         return cls(id=id, data=data, ts=ts, json=text)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "data": self.data, "ts": self.ts}
-
     def encoded(self, encode: Callable[[Event], bytes]) -> bytes:
         """This event in one wire format, ``encode(event)``, computed once and kept.
 

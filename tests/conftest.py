@@ -44,6 +44,22 @@ async def wait_for_stat(srv: labserver.Server, name: str, value: int, *, transpo
         await asyncio.sleep(0.02)
 
 
+async def timed_publishes(srv: labserver.Server, events: int, payload: Any) -> list[float]:
+    """Publish ``events`` events over HTTP, one after another; how long each publish took (s)."""
+    import time
+
+    import aiohttp
+
+    publish_s = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(events):
+            started = time.perf_counter()
+            async with session.post(srv.url + "/publish", json={"data": payload}) as resp:
+                assert resp.status == 200
+            publish_s.append(time.perf_counter() - started)
+    return publish_s
+
+
 @pytest.fixture
 def srv() -> Iterator[labserver.Server]:
     """A fresh labserver in a child process, stopped after the test."""

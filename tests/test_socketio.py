@@ -534,13 +534,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_stalls_nobody(make_ser
     healthy = await NewsClient().connect(srv, ["websocket"])
     try:
         await wait_for_stat(srv, "open", 2)
-        publish_s = []
-        async with aiohttp.ClientSession() as session:
-            for _ in range(events):
-                started = time.perf_counter()
-                async with session.post(srv.url + "/publish", json={"data": payload}) as resp:
-                    assert resp.status == 200
-                publish_s.append(time.perf_counter() - started)
+        publish_s = await conftest.timed_publishes(srv, events, payload)
         await wait_for_stat(srv, "open", 1, timeout_s=20)  # the slow one was dropped …
         await healthy.wait_for(events, timeout_s=30)
         with pytest.raises(websockets.ConnectionClosed):  # … and its connection cut

@@ -435,13 +435,7 @@ async def test_a_client_that_stops_reading_is_closed_1008_and_stalls_nobody(make
         reader = asyncio.create_task(read_all())
         slow_reader = asyncio.create_task(read_slow_once_dropped())
         rss_before = rss_bytes(srv.pid)
-        publish_s = []
-        async with aiohttp.ClientSession() as session:
-            for _ in range(events):
-                started = time.perf_counter()
-                async with session.post(srv.url + "/publish", json={"data": payload}) as resp:
-                    assert resp.status == 200
-                publish_s.append(time.perf_counter() - started)
+        publish_s = await conftest.timed_publishes(srv, events, payload)
         rss_growth = rss_bytes(srv.pid) - rss_before
         await asyncio.wait_for(reader, 20)
         closed = await asyncio.wait_for(slow_reader, 30)
