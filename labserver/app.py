@@ -50,16 +50,23 @@ class Connections:
         self._open: dict[str, dict[int, Closer]] = {}
         self._next = 0
 
+    def add(self, transport: str, close: Closer) -> int:
+        """Register an open connection and how to close it; returns its key for :meth:`discard`."""
+        self._next += 1
+        self._open.setdefault(transport, {})[self._next] = close
+        return self._next
+
+    def discard(self, transport: str, key: int) -> None:
+        self._open.get(transport, {}).pop(key, None)
+
     @contextmanager
     def track(self, transport: str, close: Closer) -> Iterator[None]:
         """``with app[CONNECTIONS].track("sse", close): ...`` for the life of a connection."""
-        self._next += 1
-        key = self._next
-        self._open.setdefault(transport, {})[key] = close
+        key = self.add(transport, close)
         try:
             yield
         finally:
-            self._open[transport].pop(key, None)
+            self.discard(transport, key)
 
     async def drop(self, transport: str) -> int:
         """Close every open connection of ``transport`` (or of all, with ``"all"``)."""

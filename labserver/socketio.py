@@ -64,7 +64,8 @@ from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS, SIO
-from .ws import frame_text, origin_allowed
+from .ws import origin_allowed
+from .wsframes import TEXT, frame
 
 log = logging.getLogger("labserver.socketio")
 #: python-socketio and python-engineio log every packet at INFO; keep only their warnings.
@@ -110,7 +111,7 @@ def news_frame(event: Event) -> bytes:
     bytes python-socketio would frame for each socket, built here once per event
     (:meth:`Event.encoded`) and written as they are to every socket on a WebSocket.
     """
-    return frame_text(b'42["news",' + event.json.encode() + b"]")
+    return frame(TEXT, b'42["news",' + event.json.encode() + b"]")
 
 
 class FanOutWebSocket(engineio_aiohttp.WebSocket):

@@ -1,34 +1,42 @@
-"""WebSocket: ``GET /ws``, the chapter's 12.2 rebuilt with aiohttp, and what it leaves out.
+"""WebSocket: ``GET /ws``, the chapter's 12.2 rebuilt on a bare socket, and what it leaves out.
 
 The chapter attaches Node's ``ws`` module to the Express server, logs what the client sends,
 sends ``'A message from the server.'`` every 3 seconds with ``setInterval`` and clears the
-interval on ``close``. :func:`websocket` does the same, and every event of the series besides:
+interval on ``close``. This module does the same, and every event of the series besides:
 
-* **one port** (12.7.1): the upgrade is an ordinary ``GET /ws`` on the HTTP server (RFC 6455 §4);
-* **each event is one JSON text message** ``{"id": N, "data": ..., "ts": T}``; ``?after=ID``
-  first replays the events the client missed (the resume pattern of :mod:`labserver.events`:
-  subscribe first, then read the log, then skip what was already sent). A replay that cannot
-  cover the gap says so with ``{"gap": {"after": ID, "oldest": N}}`` before the events;
+* **one port** (12.7.1): the upgrade is an ordinary ``GET /ws`` on the HTTP server (RFC 6455 §4).
+  aiohttp routes it and :func:`websocket` checks it; then the socket leaves aiohttp
+  (:func:`take_over`) for a :class:`WebSocketConnection` — a plain ``asyncio.Protocol`` that
+  speaks RFC 6455 itself (:mod:`labserver.wsframes`), as Node's ``ws`` does on a raw socket.
+  An idle connection is then a transport and one small object, not an HTTP request, its
+  parser, a reader queue and a task per direction;
+* **each event is one JSON text message** ``{"id": N, "data": ..., "ts": T}``, framed once
+  and written to every client as the same bytes; ``?after=ID`` first replays the events the
+  client missed (subscribe first, then read the log, then skip what was already sent; see
+  :mod:`labserver.events`). A replay that cannot cover the gap says so with
+  ``{"gap": {"after": ID, "oldest": N}}`` before the events;
 * **two-way**: a client text ``{"echo": X}`` is answered ``{"echo": X}`` (round trips); any
   other text is counted (``messages_in``) and logged, truncated, like the chapter's
   ``console.log(message.toString())``. A text that *starts like JSON* (``{`` or ``[``) must be
   JSON; ``?every=S`` is the chapter's ``setInterval``: a ``{"status": text, "ts": T}`` message
-  (no ``id``: not an event) every ``S`` seconds, its task cancelled when the socket closes;
-* **close codes from RFC 6455 §7.4.1** instead of silence: 1003 binary data, 1007 text that
-  must be JSON and is not (aiohttp sends 1007 for invalid UTF-8 itself), 1009 a message over
-  ``max_message_bytes``, 1008 "send queue full" for a client that stopped reading, 1002 an
-  unmasked client frame (§5.1; aiohttp alone accepts it, :class:`MaskedFramesOnly` refuses it),
+  (no ``id``: not an event) every ``S`` seconds, its timer cancelled when the socket closes;
+* **close codes from RFC 6455 §7.4.1** instead of silence: 1003 binary data, 1007 text that is
+  not UTF-8 or must be JSON and is not, 1009 a message over ``max_message_bytes``, 1008 "send
+  queue full" for a client that stopped reading, 1002 a broken frame (an unmasked one, §5.1),
   1001 when ``POST /drop`` or shutdown closes the socket;
-* **protocol-level ping/pong** every ``heartbeat_s`` (aiohttp's ``heartbeat``): a client that
-  does not answer within half of it is cut off;
+* **protocol-level ping/pong**: every ``heartbeat_s`` one sweep pings every socket
+  (:func:`heartbeat`, the pattern of the ``ws`` README); a socket that has sent nothing since
+  the last ping — no pong, no message — is cut off;
 * **cross-site WebSocket hijacking refused**: a browser always sends ``Origin``; a foreign one
   gets a 403 JSON answer *before* the upgrade (:func:`origin_allowed`), unless listed in
-  ``allowed_origins``. Clients that send no ``Origin`` (not browsers) are accepted.
+  ``allowed_origins``. Clients that send no ``Origin`` (not browsers) are accepted;
+* **permessage-deflate** (RFC 7692) when the client offers it: that client's messages are
+  compressed for it alone (its compressor keeps a window), so they are not shared bytes.
 
 ``messages_out`` counts the events delivered (replays included); echoes, status and gap
-messages are not events. Bytes are counted at the socket by :mod:`labserver.counters`,
-handshake and frame headers included. What to look at first: :func:`websocket`, then
-:func:`send_events`.
+messages are not events. Every byte is counted where it crosses the socket, the handshake and
+frame headers included. What to look at first: :func:`websocket`, then
+:meth:`WebSocketConnection.connection_made` and :meth:`WebSocketConnection.send_event`.
 """
 
 from __future__ import annotations
@@ -36,30 +44,44 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
-from typing import Any
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from aiohttp import WSCloseCode, WSMsgType, hdrs, web
-from aiohttp.http import WebSocketError
+from aiohttp import hdrs, web
 
-from .counters import TransportCounters, open_gauge
+from . import wsframes
+from .counters import TransportCounters
 from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
-from .fanout import SocketWriter
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .polling import parse_after
 from .whoami import client_address, request_host
 from .whoami import setup as setup_whoami
+from .wsframes import (
+    BINARY,
+    CLOSE,
+    GOING_AWAY,
+    INVALID_TEXT,
+    NO_STATUS,
+    PING,
+    POLICY_VIOLATION,
+    PONG,
+    TEXT,
+    UNSUPPORTED_DATA,
+    Deflate,
+    ProtocolFailure,
+)
 
 log = logging.getLogger("labserver.ws")
 
 #: How long a close handshake may take: a client answers a Close frame in milliseconds; one
 #: that does not within a second is not reading, and ``stop()`` must finish within about one.
 CLOSE_TIMEOUT_S = 1.0
-#: A slow client's Close frame waits behind what it has not read yet (at most aiohttp's
-#: 64 KiB write buffer, so memory stays bounded). It gets this long to catch up and read the
-#: 1008 "send queue full"; then its connection is aborted.
+#: A slow client's Close frame waits behind what it has not read yet. It gets this long to
+#: catch up and read the 1008 "send queue full"; then its connection is aborted.
 FLUSH_GRACE_S = 5.0
 #: ``?every=S`` bounds: fast enough for a test, slow enough not to flood; the chapter uses 3.
 EVERY_MIN_S = 0.05
@@ -69,194 +91,348 @@ LOGGED_TEXT_CHARS = 200
 #: The chapter's status text.
 STATUS_TEXT = "A message from the server."
 
+#: The open connections of an app: what :func:`heartbeat` pings.
+OPEN: web.AppKey[set[WebSocketConnection]] = web.AppKey("ws_open")
+
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    """``GET /ws``: the chapter's ``wss.on('connection', (ws, req) => ...)``."""
+    """``GET /ws``: the chapter's ``wss.on('connection', (ws, req) => ...)``.
+
+    Everything that can be refused is refused here, as JSON, before the upgrade. Then the
+    101 answer and everything after it belong to a :class:`WebSocketConnection`.
+    """
     app = request.app
-    opts = app[OPTIONS]
     after = parse_after(request) if "after" in request.query else None
     every_s = parse_every_s(request)
-    if not origin_allowed(request, opts.allowed_origins):
+    if not origin_allowed(request, app[OPTIONS].allowed_origins):
         origin = request.headers[hdrs.ORIGIN]
         return json_error(403, f"origin {origin} may not open /ws: not this server's origin "
                                "and not in allowed_origins")
-    ws = web.WebSocketResponse(
-        heartbeat=opts.heartbeat_s,  # protocol-level pings; no pong within heartbeat_s/2: cut
-        max_msg_size=opts.max_message_bytes,  # over it: close 1009
-        timeout=CLOSE_TIMEOUT_S,
-    )
-    if not ws.can_prepare(request):
+    key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
+    if not is_upgrade(request) or not wsframes.valid_key(key):
         raise bad_request("GET /ws needs a WebSocket upgrade (Upgrade: websocket, "
                           "Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)")
     if request.protocol._message_tail:  # bytes after the request, before our 101
         raise bad_request("a client must wait for the handshake's answer before sending "
                           "frames (RFC 6455 section 4.1)")
-    await ws.prepare(request)  # writes "HTTP/1.1 101 Switching Protocols"
-    MaskedFramesOnly.install(request, ws)
+    deflate = wsframes.negotiate_deflate(request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS))
+    handshake = wsframes.handshake_response(key, deflate.response if deflate else None)
+    connection = WebSocketConnection(app, client_address(request), handshake, after, every_s,
+                                     Deflate(deflate) if deflate else None)
+    await take_over(request, connection)
+    return web.Response()  # never sent: aiohttp no longer has the socket
 
-    counters = app[COUNTERS]["ws"]
-    address = client_address(request)
-    transport = request.transport
-    assert transport is not None
 
-    async def drop() -> None:
-        await close_socket(ws, transport, WSCloseCode.GOING_AWAY, "dropped by the server")
+def is_upgrade(request: web.Request) -> bool:
+    """RFC 6455 §4.2.1: ``Upgrade: websocket``, ``Connection: Upgrade``, version 13."""
+    upgrade = request.headers.get(hdrs.UPGRADE, "").lower()
+    connection = {t.strip().lower() for t in request.headers.get(hdrs.CONNECTION, "").split(",")}
+    return (upgrade == "websocket" and "upgrade" in connection
+            and request.headers.get(hdrs.SEC_WEBSOCKET_VERSION) == "13")
 
-    log.info("ws client connected %s", address)
-    with open_gauge(counters), app[LOG].subscribe() as sub, app[CONNECTIONS].track("ws", drop):
-        receiver = asyncio.create_task(receive_messages(ws, transport, counters, address))
-        sender = asyncio.create_task(send_events(ws, transport, app[LOG], sub, after, counters))
-        overflow = asyncio.create_task(sub.overflowed.wait())
-        tasks = [receiver, sender, overflow]
-        if every_s is not None:
-            tasks.append(asyncio.create_task(send_status(ws, every_s), name="ws-every"))
+
+async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
+    """Hand the request's TCP connection from aiohttp to ``protocol``.
+
+    asyncio gives a new transport to a *copy* of the socket's file descriptor
+    (``connect_accepted_socket``); aiohttp's own transport is then closed, which closes its
+    descriptor only — the connection stays open through the copy. aiohttp stops reading first,
+    so no byte can go to the wrong side (and a client sends nothing before the 101, §4.1).
+    """
+    old = request.transport
+    assert old is not None
+    old.pause_reading()
+    sock = socket.socket(fileno=os.dup(old.get_extra_info("socket").fileno()))
+    try:
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        old.close()
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One client's WebSocket, from the 101 answer to the end of the TCP connection.
+
+    asyncio calls :meth:`connection_made` once, :meth:`data_received` with whatever bytes
+    arrive, :meth:`connection_lost` once at the end. Events come the other way: the log calls
+    :meth:`send_event` inside ``publish``, once per event, and it writes the event's shared
+    frame. Nothing here waits, so a connection needs no task: it is this object and its
+    transport.
+    """
+
+    __slots__ = ("app", "counters", "address", "handshake", "after", "every_s", "deflate",
+                 "transport", "frames", "message", "sub", "allowance", "answered",
+                 "close_sent", "close_code", "every_timer", "close_timer", "connection_key",
+                 "finished")
+
+    def __init__(self, app: web.Application, address: str, handshake: bytes,
+                 after: int | None, every_s: float | None, deflate: Deflate | None) -> None:
+        self.app = app
+        self.counters: TransportCounters = app[COUNTERS]["ws"]
+        self.address = address
+        self.handshake = handshake
+        self.after = after
+        self.every_s = every_s
+        self.deflate = deflate
+        self.transport: asyncio.Transport | None = None
+        max_bytes = app[OPTIONS].max_message_bytes
+        self.frames = wsframes.FrameReader(max_bytes, rsv1_allowed=deflate is not None)
+        self.message = wsframes.MessageAssembler(max_bytes)
+        self.sub: Subscription | None = None
+        self.allowance = 0  # unsent bytes a client may have beyond queue_size events (its replay)
+        self.answered = True  # sent something since the last ping
+        self.close_sent = False
+        self.close_code: int | None = None
+        self.every_timer: asyncio.TimerHandle | None = None
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.connection_key = 0
+        self.finished: asyncio.Future[None] | None = None  # made only when someone waits
+
+    # --- asyncio's callbacks -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The 101 answer, the replay, then live events: all in this one step."""
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.write(self.handshake)
+        self.counters.open += 1
+        self.app[OPEN].add(self)
+        self.connection_key = self.app[CONNECTIONS].add("ws", self.drop)
+        log.info("ws client connected %s", self.address)
+        event_log = self.app[LOG]
+        self.sub = event_log.subscribe()  # first, so that nothing published from now is missed
+        self.sub.forward(self.send_event, self.replay(event_log))
+        self.allowance = transport.get_write_buffer_size()
+        if self.every_s is not None:
+            self.every_timer = asyncio.get_running_loop().call_later(self.every_s,
+                                                                     self.send_status)
+
+    def data_received(self, data: bytes) -> None:
+        """Client frames: answer pings, assemble messages, fail the connection on bad ones."""
+        self.counters.bytes_in += len(data)
+        self.answered = True
         try:
-            await asyncio.wait((receiver, overflow), return_when=asyncio.FIRST_COMPLETED)
-            if sub.overflowed.is_set() and not receiver.done():  # this client stopped reading
-                receiver.cancel()
-                await asyncio.gather(receiver, return_exceptions=True)
-                await close_socket(ws, transport, WSCloseCode.POLICY_VIOLATION, "send queue full")
-        finally:
-            for task in tasks:  # the chapter's clearInterval(ws.interval), and the sender
-                task.cancel()
-            for result in await asyncio.gather(*tasks, return_exceptions=True):
-                if isinstance(result, Exception):
-                    log.error("ws task failed for %s", address, exc_info=result)
-    log.info("ws client disconnected %s (close code %s)", address, ws.close_code)
-    return ws
+            for f in self.frames.feed(data):
+                if f.opcode == CLOSE:
+                    self.close_received(f.payload)
+                    return
+                if f.opcode == PING:
+                    if not self.close_sent:
+                        self.write(wsframes.frame(PONG, f.payload))
+                elif f.opcode != PONG:
+                    message = self.message.add(f)
+                    if message is not None and not self.close_sent:
+                        self.message_received(*message)
+        except ProtocolFailure as failure:  # §7.1.7: say why, then end the TCP connection
+            self.close(failure.code, failure.reason)
+            self.frames.buffer.clear()
+            self.end_connection()
 
+    def pause_writing(self) -> None:
+        """The client is not reading what we write: stop reading what it writes (its echoes
+        would pile up here). Events keep going until its backlog passes the bound."""
+        if self.transport is not None:
+            self.transport.pause_reading()
 
-async def receive_messages(
-    ws: web.WebSocketResponse, transport: asyncio.Transport,
-    counters: TransportCounters, address: str,
-) -> None:
-    """Read the client's messages until the socket closes (``ws.on('message', ...)``).
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
-    aiohttp answers pings, takes part in the close handshake, and itself closes with 1009 (too
-    big), 1007 (invalid UTF-8) or 1002 (protocol error); those arrive here as ``ERROR``.
-    """
-    async for msg in ws:  # ends on CLOSE, CLOSING, CLOSED
-        if msg.type is WSMsgType.TEXT:
-            counters.messages_in += 1
-            if not await answer_text(ws, transport, msg.data, address):
-                return
-        elif msg.type is WSMsgType.BINARY:
-            counters.messages_in += 1
-            await close_socket(ws, transport, WSCloseCode.UNSUPPORTED_DATA,
-                               "binary messages are not accepted: send JSON text")
-            return
-        elif msg.type is WSMsgType.ERROR:
-            return
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.finish()
 
+    # --- events out ---------------------------------------------------------------------
 
-async def answer_text(
-    ws: web.WebSocketResponse, transport: asyncio.Transport, text: str, address: str,
-) -> bool:
-    """Echo ``{"echo": X}``, log any other text; ``False`` when the socket was closed."""
-    if text.lstrip()[:1] not in ("{", "["):
-        log.info("ws text from %s: %s", address, text[:LOGGED_TEXT_CHARS])
-        return True
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        await close_socket(ws, transport, WSCloseCode.INVALID_TEXT,
-                           "text starting with { or [ must be valid JSON")
+    def replay(self, event_log: EventLog) -> int:
+        """``?after=ID``: the gap notice and the missed events; returns the last id sent."""
+        if self.after is None:
+            return 0
+        page = event_log.read(self.after)
+        if page.gap:
+            self.send_json({"gap": {"after": self.after, "oldest": page.oldest_id}})
+        for event in page.events:
+            self.send_event(event)
+        return page.last_id
+
+    def send_event(self, event: Event) -> bool:
+        """Write one event; ``False`` when this client is too slow (the log then drops it).
+
+        Runs once per client per event, inside ``publish``: the frame is the event's shared
+        bytes (:func:`text_frame`, built once), so this is one ``transport.write``. Too slow
+        means more than ``queue_size`` events' worth of bytes unsent (beyond its replay): the
+        connection is closed with 1008, and the publisher and the other clients never wait.
+        """
+        transport = self.transport
+        if self.close_sent or transport is None:
+            return True  # the connection is ending: nothing may follow a Close frame
+        if self.deflate is None:
+            data = event.encoded(text_frame)
+        else:
+            data = wsframes.frame(TEXT, self.deflate.compress(event.json.encode()), rsv1=True)
+        transport.write(data)
+        counters = self.counters
+        counters.bytes_out += len(data)
+        counters.messages_out += 1
+        if transport.get_write_buffer_size() <= self.allowance + self.sub.maxsize * len(data):
+            return True
+        self.close(POLICY_VIOLATION, "send queue full")
         return False
-    if isinstance(value, dict) and "echo" in value:
-        await ws.send_str(json.dumps({"echo": value["echo"]}, separators=(",", ":")))
-    else:
-        log.info("ws JSON from %s: %s", address, text[:LOGGED_TEXT_CHARS])
-    return True
 
+    def send_json(self, value: object) -> None:
+        """A message that is not an event (echo, status, gap): framed for this client alone."""
+        payload = json.dumps(value, separators=(",", ":")).encode()
+        if self.deflate is None:
+            self.write(wsframes.frame(TEXT, payload))
+        else:
+            self.write(wsframes.frame(TEXT, self.deflate.compress(payload), rsv1=True))
 
-async def send_events(
-    ws: web.WebSocketResponse, transport: asyncio.Transport, event_log: EventLog,
-    sub: Subscription, after: int | None, counters: TransportCounters,
-) -> None:
-    """Replay what the client missed (``?after=``), then send each new event as it comes.
-
-    ``sub`` was taken *before* the log is read here, so no event published in between is
-    lost; events the replay already sent are then skipped by id. After the replay the log
-    itself writes each new event to this socket as it is published (:class:`SocketWriter`):
-    one frame per event, built once, the same bytes for every client. A client that
-    negotiated permessage-deflate has a compressor of its own, so its events are compressed
-    and sent here, one by one. A client that stops reading overflows ``sub`` (``queue_size``
-    events); :func:`websocket` then closes it with 1008 "send queue full". The publisher and
-    the other clients never wait for it.
-    """
-    sent_through = 0  # events with an id <= this were sent (or are before the client's cursor)
-    try:
-        if after is not None:
-            page = event_log.read(after)
-            if page.gap:
-                gap = {"gap": {"after": after, "oldest": page.oldest_id}}
-                await ws.send_str(json.dumps(gap, separators=(",", ":")))
-            for event in page.events:
-                await ws.send_str(event.json)
-                counters.messages_out += 1
-            sent_through = page.last_id
-        if not ws.compress:
-            writer = SocketWriter(transport, text_frame, event_log.queue_size, counters,
-                                  closed=lambda: ws.closed)  # no data after a Close
-            sub.forward(writer, sent_through)
+    def send_status(self) -> None:
+        """``?every=S``: the chapter's ``setInterval(() => ws.send(...), 3000)``."""
+        if self.close_sent:  # the chapter's `if (ws.readyState === ws.OPEN)`
             return
-        while (event := await sub.get()) is not None:
-            if event.id <= sent_through:
-                continue
-            await ws.send_str(event.json)
-            counters.messages_out += 1
-    except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
-        return
+        self.send_json({"status": STATUS_TEXT, "ts": time.time()})
+        assert self.every_s is not None
+        self.every_timer = asyncio.get_running_loop().call_later(self.every_s, self.send_status)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        self.counters.bytes_out += len(data)
+
+    # --- messages in --------------------------------------------------------------------
+
+    def message_received(self, opcode: int, compressed: bool, payload: bytes) -> None:
+        """``ws.on('message', ...)``: echo, log, or refuse binary (1003)."""
+        self.counters.messages_in += 1
+        if compressed:
+            assert self.deflate is not None
+            payload = self.deflate.decompress(payload, self.message.max_bytes)
+        if opcode == BINARY:
+            self.close(UNSUPPORTED_DATA, "binary messages are not accepted: send JSON text")
+            return
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            raise ProtocolFailure(INVALID_TEXT, "text messages must be UTF-8") from None
+        self.answer_text(text)
+
+    def answer_text(self, text: str) -> None:
+        """Echo ``{"echo": X}``, log any other text; a text starting like JSON must be JSON."""
+        if text.lstrip()[:1] not in ("{", "["):
+            log.info("ws text from %s: %s", self.address, text[:LOGGED_TEXT_CHARS])
+            return
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            self.close(INVALID_TEXT, "text starting with { or [ must be valid JSON")
+            return
+        if isinstance(value, dict) and "echo" in value:
+            self.send_json({"echo": value["echo"]})
+        else:
+            log.info("ws JSON from %s: %s", self.address, text[:LOGGED_TEXT_CHARS])
+
+    # --- closing ------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake (§7.1.2): a Close frame, then wait for the client's.
+
+        No data may follow the Close frame. A client that does not answer within
+        :data:`CLOSE_TIMEOUT_S` (it stopped reading) is given up: the transport is closed,
+        which still flushes the Close frame behind its unread backlog, and
+        :data:`FLUSH_GRACE_S` later the connection is aborted.
+        """
+        if self.close_sent or self.transport is None:
+            return
+        self.close_sent = True
+        self.close_code = code
+        self.write(wsframes.close_frame(code, reason))
+        self.stop_sending()
+        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.give_up)
+
+    def close_received(self, payload: bytes) -> None:
+        """The client's Close frame: answer it (unless it answers ours), then end the TCP
+        connection; the server closes first (§7.1.1)."""
+        code = wsframes.closing_code(payload)
+        if not self.close_sent:
+            self.close_sent = True
+            self.close_code = code
+            self.write(wsframes.frame(CLOSE, payload[:2]) if code != NO_STATUS
+                       else wsframes.frame(CLOSE, b""))
+            self.stop_sending()
+        self.end_connection()
+
+    def give_up(self) -> None:
+        """No Close frame came back in time."""
+        self.end_connection()
+        self.finish()
+
+    def end_connection(self) -> None:
+        """Close the TCP connection once our bytes are flushed; abort if they never are."""
+        assert self.transport is not None
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.transport.close()
+        self.close_timer = asyncio.get_running_loop().call_later(FLUSH_GRACE_S,
+                                                                 self.transport.abort)
+
+    def stop_sending(self) -> None:
+        if self.every_timer is not None:  # the chapter's clearInterval(ws.interval)
+            self.every_timer.cancel()
+        if self.sub is not None:
+            self.sub.close()
+
+    def finish(self) -> None:
+        """The connection is over for the server (closed, or given up): count it out, once."""
+        if self.connection_key == 0:
+            return
+        self.stop_sending()
+        self.counters.open -= 1
+        self.app[OPEN].discard(self)
+        self.app[CONNECTIONS].discard("ws", self.connection_key)
+        self.connection_key = 0
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
+        log.info("ws client disconnected %s (close code %s)", self.address, self.close_code)
+
+    async def drop(self) -> None:
+        """``POST /drop`` and shutdown: close with 1001 and wait (briefly) for the end."""
+        if self.connection_key == 0:
+            return
+        self.finished = asyncio.get_running_loop().create_future()
+        self.close(GOING_AWAY, "dropped by the server")
+        await asyncio.wait((self.finished,), timeout=CLOSE_TIMEOUT_S + 0.1)
 
 
 def text_frame(event: Event) -> bytes:
     """The event's JSON as one WebSocket text frame (built once per event, ``Event.encoded``)."""
-    return frame_text(event.json.encode())
+    return wsframes.frame(TEXT, event.json.encode())
 
 
-def frame_text(payload: bytes) -> bytes:
-    """RFC 6455 §5.2: ``payload`` as one final text frame, unmasked (server to client).
+async def heartbeat(app: web.Application) -> AsyncIterator[None]:
+    """Every ``heartbeat_s``: cut the sockets that sent nothing since the last ping, ping the
+    rest. One timer for every connection (the ``ws`` README's pattern), not one each."""
 
-    Byte 0 is FIN + opcode 1 (text); then the payload length in 7 bits, or 126 and 16 bits,
-    or 127 and 64 bits; then the payload.
-    """
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 1 << 16:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
-
-
-async def send_status(ws: web.WebSocketResponse, every_s: float) -> None:
-    """``?every=S``: the chapter's ``setInterval(() => ws.send(...), 3000)``."""
-    try:
+    async def sweep() -> None:
+        every_s = app[OPTIONS].heartbeat_s
         while True:
             await asyncio.sleep(every_s)
-            if ws.closed:  # the chapter's `if (ws.readyState === ws.OPEN)`
-                return
-            status = {"status": STATUS_TEXT, "ts": time.time()}
-            await ws.send_str(json.dumps(status, separators=(",", ":")))
-    except ConnectionResetError:
-        return
+            for connection in list(app[OPEN]):
+                transport = connection.transport
+                if transport is None or connection.close_sent:
+                    continue
+                if not connection.answered:
+                    transport.abort()  # no pong: the peer is gone or not reading
+                    continue
+                connection.answered = False
+                connection.write(wsframes.frame(PING, b""))
 
-
-async def close_socket(
-    ws: web.WebSocketResponse, transport: asyncio.Transport, code: int, reason: str,
-) -> None:
-    """Send a Close frame with ``code`` and ``reason``; never wait for the client for long.
-
-    If the client does not complete the close handshake within :data:`CLOSE_TIMEOUT_S` (it
-    stopped reading), aiohttp closes the transport, which still flushes the Close frame behind
-    the client's unread backlog; :data:`FLUSH_GRACE_S` later the connection is aborted.
-    """
-    closing = asyncio.ensure_future(ws.close(code=code, message=reason.encode()))
-    done, _ = await asyncio.wait((closing,), timeout=CLOSE_TIMEOUT_S)
-    if not done:
-        closing.cancel()  # aiohttp then closes the transport, which flushes what it holds
-        asyncio.get_running_loop().call_later(FLUSH_GRACE_S, transport.abort)
+    task = asyncio.create_task(sweep(), name="ws-heartbeat")
+    yield
+    task.cancel()
 
 
 def parse_every_s(request: web.Request) -> float | None:
@@ -311,76 +487,8 @@ def origin_parts(origin: str) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname.lower(), port or DEFAULT_PORTS[parts.scheme]
 
 
-# --- RFC 6455 §5.1: client frames must be masked ----------------------------------------
-
-
-class MaskedFramesOnly:
-    """Fails the connection (1002) on a client frame without the mask bit.
-
-    RFC 6455 §5.1: "The server MUST close the connection upon receiving a frame that is not
-    masked" — masking stops a hostile page from making a browser put attacker-chosen bytes on
-    the wire, which could poison an intermediary's cache. aiohttp's frame reader unmasks when
-    the bit is set and silently accepts a frame without it. This wrapper walks the frame
-    headers (2–14 bytes each, RFC 6455 §5.2) of the bytes as they arrive, skips the payloads,
-    and hands every byte on to aiohttp's reader until it meets an unmasked frame; then it
-    reports aiohttp's own ``WebSocketError``, so the handler closes with 1002 as it would for
-    any protocol error.
-
-    It wraps a private attribute of aiohttp 3.14 (``RequestHandler._payload_parser``, the
-    response's ``_reader``); ``pyproject.toml`` pins that version and tests/test_ws.py checks it.
-    """
-
-    def __init__(self, parser: Any, queue: Any) -> None:
-        self._parser = parser
-        self._queue = queue
-        self._header = bytearray()
-        self._payload_left = 0
-        self._failed = False
-
-    @classmethod
-    def install(cls, request: web.Request, ws: web.WebSocketResponse) -> None:
-        protocol = request.protocol
-        protocol._payload_parser = cls(protocol._payload_parser, ws._reader)
-
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        if self._failed:
-            return True, b""
-        if not self._all_masked(data):
-            self._failed = True
-            self._queue.set_exception(WebSocketError(
-                WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455 §5.1)"))
-            return True, b""
-        return self._parser.feed_data(data)
-
-    def feed_eof(self) -> None:
-        self._parser.feed_eof()
-
-    def _all_masked(self, data: bytes) -> bool:
-        pos, end = 0, len(data)
-        while pos < end:
-            if self._payload_left:
-                step = min(self._payload_left, end - pos)
-                self._payload_left -= step
-                pos += step
-                continue
-            self._header.append(data[pos])
-            pos += 1
-            header = self._header
-            if len(header) < 2:
-                continue
-            if not header[1] & 0x80:  # the MASK bit
-                return False
-            length = header[1] & 0x7F
-            extended = 2 if length == 126 else 8 if length == 127 else 0
-            if len(header) < 2 + extended + 4:  # extended length, then the 4-byte masking key
-                continue
-            if extended:
-                length = int.from_bytes(header[2 : 2 + extended], "big")
-            self._payload_left = length
-            header.clear()
-        return True
-
-
 def setup(app: web.Application) -> None:
+    app[OPEN] = set()
     app.router.add_get("/ws", websocket)
+    app.cleanup_ctx.append(heartbeat)
     setup_whoami(app)  # 12.2 reads the client's address where it accepts the socket

@@ -461,13 +461,9 @@ async def test_every_sends_status_messages_that_are_not_events(srv: labserver.Se
     assert ws_stats(srv)["messages_out"] == 0  # status messages are not events
 
 
-def every_tasks() -> list[asyncio.Task[Any]]:
-    return [t for t in asyncio.all_tasks() if t.get_name() == "ws-every" and not t.done()]
-
-
 @pytest.mark.parametrize("how", ["close handshake", "connection dropped", "server drop"])
-async def test_every_task_is_cancelled_when_the_socket_closes(how: str) -> None:
-    """In-process server (the real ``serve()``, real sockets) so the test can see its tasks."""
+async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None:
+    """In-process server (the real ``serve()``, real sockets) so the test can see its timer."""
     app = create_app()
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -477,7 +473,8 @@ async def test_every_task_is_cancelled_when_the_socket_closes(how: str) -> None:
         url = f"ws://127.0.0.1:{port}/ws?every=0.05"
         ws = await websockets.connect(url, proxy=None, compression=None)
         await recv_json(ws)  # a status message: the timer runs
-        assert len(every_tasks()) == 1
+        (connection,) = app[ws_module.OPEN]
+        assert connection.every_timer is not None and not connection.every_timer.cancelled()
         if how == "close handshake":
             await ws.close()
         elif how == "connection dropped":
@@ -485,8 +482,14 @@ async def test_every_task_is_cancelled_when_the_socket_closes(how: str) -> None:
         else:
             assert await app[CONNECTIONS].drop("ws") == 1
         deadline = time.monotonic() + 5
-        while every_tasks() or app[COUNTERS]["ws"].open:
-            assert time.monotonic() < deadline, "the ?every= task outlived its socket"
+        while app[ws_module.OPEN] or app[COUNTERS]["ws"].open:
+            assert time.monotonic() < deadline, "the connection outlived its socket"
+            await asyncio.sleep(0.02)
+        assert connection.every_timer.cancelled()  # the chapter's clearInterval
+        assert connection.transport is not None
+        deadline = time.monotonic() + 5
+        while not connection.transport.is_closing():
+            assert time.monotonic() < deadline, "the TCP connection stayed open"
             await asyncio.sleep(0.02)
     finally:
         stop.set()
