@@ -121,7 +121,7 @@ class Subscription:
     event as it comes.
     """
 
-    __slots__ = ("_log", "maxsize", "_queue", "_getter", "_write", "overflowed")
+    __slots__ = ("_log", "maxsize", "_queue", "_getter", "_write", "_overflowed", "_event")
 
     def __init__(self, log: EventLog, maxsize: int) -> None:
         self._log = log
@@ -129,7 +129,17 @@ class Subscription:
         self._queue: deque[Event] | None = None  # made by the first event that must wait
         self._getter: asyncio.Future[None] | None = None  # a get() waiting for an event
         self._write: Callable[[Event], bool] | None = None
-        self.overflowed = asyncio.Event()
+        self._overflowed = False
+        self._event: asyncio.Event | None = None  # made only for a handler that waits on it
+
+    @property
+    def overflowed(self) -> asyncio.Event:
+        """Set once the client fell ``maxsize`` events behind: ``await sub.overflowed.wait()``."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self._overflowed:
+                self._event.set()
+        return self._event
 
     def qsize(self) -> int:
         """Events queued now."""
@@ -142,7 +152,7 @@ class Subscription:
             if not write(event):
                 self._overflow()
             return
-        if self.overflowed.is_set():
+        if self._overflowed:
             return
         if self._queue is None:
             self._queue = deque()
@@ -161,7 +171,7 @@ class Subscription:
         ``False`` when the client is too slow (its unsent bytes exceed ``queue_size`` events'
         worth); the subscription is then *overflowed*, as a full queue would be.
         """
-        if self.overflowed.is_set():  # it filled up during the replay: the client goes
+        if self._overflowed:  # it filled up during the replay: the client goes
             return
         queued, self._queue = self._queue or (), None
         for event in queued:
@@ -172,7 +182,7 @@ class Subscription:
 
     async def get(self) -> Event | None:
         """The next event, or ``None`` once the queue overflowed (drop this client)."""
-        while not self.overflowed.is_set():
+        while not self._overflowed:
             if self._queue:
                 return self._queue.popleft()
             self._getter = asyncio.get_running_loop().create_future()
@@ -183,7 +193,9 @@ class Subscription:
         return None
 
     def _overflow(self) -> None:
-        self.overflowed.set()
+        self._overflowed = True
+        if self._event is not None:
+            self._event.set()
         self._queue = self._write = None
         self._wake()
 

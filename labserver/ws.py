@@ -197,6 +197,7 @@ class WebSocketConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.write(self.handshake)
+        self.handshake = b""
         self.counters.open += 1
         self.app[OPEN].add(self)
         self.connection_key = self.app[CONNECTIONS].add("ws", self.drop)
