@@ -182,8 +182,17 @@ class WebsocketsStack(ChildStack):
         super().__init__([sys.executable, str(HERE / "ws_broadcast_server.py")], HERE, core)
 
 
+class AiohttpFloorStack(ChildStack):
+    name = "aiohttp"
+    transports = ("long_poll",)
+
+    def __init__(self, core: int | None) -> None:
+        super().__init__([sys.executable, str(HERE / "aiohttp_floor_server.py")], HERE, core)
+
+
 STACKS: dict[str, Callable[[int | None], Stack]] = {
     "labserver": LabserverStack, "node": NodeStack, "websockets": WebsocketsStack,
+    "aiohttp": AiohttpFloorStack,
 }
 
 

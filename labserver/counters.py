@@ -126,6 +126,7 @@ class CountingRequestHandler(RequestHandler):
     """
 
     counters: Counters | None = None  # set by :class:`CountingServer` when it makes one
+    factory: CountingServer | None = None  # the server that made it (labserver.takeover)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.charged: TransportCounters | None = None  # the current request's transport
@@ -166,6 +167,7 @@ class CountingServer(Server):
     def __call__(self) -> CountingRequestHandler:
         handler = CountingRequestHandler(self, loop=self._loop, **self._kwargs)
         handler.counters = self.counters
+        handler.factory = self  # a connection taken from aiohttp goes back through it
         return handler
 
 

@@ -222,6 +222,8 @@ class EventLog(Protocol):
     async def publish(self, data: Any) -> Event: ...
     def read(self, after: int) -> Page: ...
     async def wait(self, after: int, timeout_s: float) -> Page: ...
+    def hold(self, wake: Callable[[], None]) -> None: ...
+    def unhold(self, wake: Callable[[], None]) -> None: ...
     def subscribe(self) -> Subscription: ...
     def unsubscribe(self, sub: Subscription) -> None: ...
     @property
@@ -249,6 +251,7 @@ class MemoryLog:
         self._subscriptions: set[Subscription] = set()
         self._changed = asyncio.Event()
         self._waiters: set[asyncio.Future[None]] = set()  # long polls held by wait()
+        self._held: set[Callable[[], None]] = set()  # long polls held by hold()
         self._pages: dict[int, Page] = {}  # read(after) for the current last id, by cursor
 
     @property
@@ -277,11 +280,14 @@ class MemoryLog:
         self._pages = {}
         for sub in tuple(self._subscriptions):
             sub.offer(event)
-        # Wake every long-poll waiter, then arm a fresh Event for the next publish.
+        # Wake every held long poll, then arm a fresh Event for the next publish.
         waiters, self._waiters = self._waiters, set()
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        held, self._held = self._held, set()
+        for wake in held:
+            wake()
         self._changed.set()
         self._changed = asyncio.Event()
         return event
@@ -327,6 +333,14 @@ class MemoryLog:
             page = self.read(after)
             if page.events or page.gap:
                 return page
+
+    def hold(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` once, at the next event (a long poll held by its connection, with
+        no coroutine waiting: :mod:`labserver.keepalive`)."""
+        self._held.add(wake)
+
+    def unhold(self, wake: Callable[[], None]) -> None:
+        self._held.discard(wake)
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self, self.queue_size)

@@ -1,0 +1,237 @@
+"""Kept-alive long polls served off aiohttp (labserver/keepalive.py), over real sockets.
+
+Which side answered is visible on the wire: aiohttp sends a ``Server`` header, the connection's
+own answers do not. Every test checks the same contract as tests/test_polling.py — JSON, counters,
+bytes at the socket — on a connection that switches sides, and that whatever the fast path does
+not serve reaches aiohttp intact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import aiohttp
+import pytest
+
+import labserver
+from labserver.keepalive import parse_long_poll
+
+
+class Http:
+    """One keep-alive HTTP/1.1 connection by hand: requests out, responses in, bytes counted."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.sent = 0
+        self.received = 0
+
+    @classmethod
+    async def open(cls, srv: labserver.Server) -> Http:
+        return cls(*await asyncio.open_connection("127.0.0.1", srv.port))
+
+    def send(self, data: bytes) -> None:
+        self.sent += len(data)
+        self.writer.write(data)
+
+    def get(self, target: str, headers: str = "", version: str = "HTTP/1.1") -> None:
+        self.send(f"GET {target} {version}\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode())
+
+    async def response(self, timeout_s: float = 5) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout_s)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in
+                   (line.split(":", 1) for line in lines[1:] if line)}
+        body = await asyncio.wait_for(
+            self.reader.readexactly(int(headers["content-length"])), timeout_s)
+        self.received += len(head) + len(body)
+        return int(lines[0].split()[1]), headers, body
+
+    async def poll(self, target: str) -> tuple[dict[str, object], bool]:
+        """A request and its JSON answer, and whether aiohttp (not the fast path) answered."""
+        self.get(target)
+        status, headers, body = await self.response()
+        assert status == 200, body
+        return json.loads(body), "server" in headers
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def long_poll_stats(srv: labserver.Server) -> dict[str, int]:
+    return srv.stats()["transports"]["long_poll"]
+
+
+async def test_next_long_polls_on_the_connection_skip_aiohttp(srv: labserver.Server) -> None:
+    await srv.apublish("one")
+    http = await Http.open(srv)
+    first, by_aiohttp = await http.poll("/long-poll?after=0&timeout=5")
+    assert not by_aiohttp  # taken over at once: the connection wrote the first answer too
+    assert [e["id"] for e in first["events"]] == [1]  # type: ignore[index]
+    held = asyncio.ensure_future(http.poll("/long-poll?after=1&timeout=5"))
+    await asyncio.sleep(0.2)
+    assert not held.done() and long_poll_stats(srv)["open"] == 1
+    await srv.apublish("two")
+    second, by_aiohttp = await asyncio.wait_for(held, 5)
+    assert not by_aiohttp and second == {
+        "events": second["events"], "last_id": 2, "gap": False}
+    assert [e["id"] for e in second["events"]] == [2]  # type: ignore[index]
+    http.close()
+
+
+async def test_counters_and_socket_bytes_are_those_of_long_polling(srv: labserver.Server) -> None:
+    before = srv.stats()
+    http = await Http.open(srv)
+    await http.poll("/long-poll?after=0&timeout=0")  # empty, at once
+    held = asyncio.ensure_future(http.poll("/long-poll?after=0&timeout=5"))
+    await asyncio.sleep(0.1)
+    await srv.apublish("x")
+    await held
+    await http.poll("/long-poll?after=1&timeout=0.1")  # times out empty
+    http.close()
+    used = srv.stats_since(before)["transports"]["long_poll"]
+    assert used["requests"] == 3 and used["messages_out"] == 1 and used["empty"] == 2
+    assert used["bytes_in"] == http.sent and used["bytes_out"] == http.received
+    assert used["open"] == 0
+
+
+async def test_other_requests_go_back_to_aiohttp_on_the_same_connection(
+        srv: labserver.Server) -> None:
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    page, by_aiohttp = await http.poll("/poll?after=0")  # another route: handed back
+    assert by_aiohttp and page["last_id"] == 0
+    body = b'{"data": "over the same connection"}'
+    http.send(b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert json.loads((await http.response())[2]) == {"id": 1}
+    page, by_aiohttp = await http.poll("/long-poll?after=0&timeout=5")
+    assert not by_aiohttp and [e["id"] for e in page["events"]] == [1]  # type: ignore[index]
+    http.close()
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("/long-poll?after=-1", "after must be a non-negative integer"),
+        ("/long-poll?timeout=99", "timeout must be between 0 and 60 seconds"),
+        ("/long-poll?timeout=nan", "timeout must be between 0 and 60 seconds"),
+    ],
+)
+async def test_bad_parameters_after_a_takeover_get_aiohttps_400(
+        srv: labserver.Server, target: str, reason: str) -> None:
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    http.get(target)
+    status, headers, body = await http.response()
+    assert status == 400 and "server" in headers
+    assert json.loads(body) == {"error": reason}
+    http.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(srv: labserver.Server) -> None:
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    http.get("/long-poll?after=0&timeout=5")  # held …
+    http.get("/stats")  # … and behind it, a request for aiohttp
+    http.get("/long-poll?after=0&timeout=0")
+    await asyncio.sleep(0.2)
+    await srv.apublish("released")
+    answers = [await http.response() for _ in range(3)]
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert [e["id"] for e in json.loads(answers[0][2])["events"]] == [1]
+    assert "transports" in json.loads(answers[1][2])
+    assert json.loads(answers[2][2])["last_id"] == 1
+    http.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nConnection: close",
+        b"GET /long-poll?after=0 HTTP/1.0\r\nHost: x",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 3",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket",
+        b"GET /long-poll?after=%30 HTTP/1.1\r\nHost: x",
+        b"GET /long-poll?after=0&after=1 HTTP/1.1\r\nHost: x",
+        b"GET /long-poll/?after=0 HTTP/1.1\r\nHost: x",
+        b"POST /long-poll?after=0 HTTP/1.1\r\nHost: x",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\n folded",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nBad Name: x",
+    ],
+)
+def test_the_fast_path_takes_only_the_plain_shape(head: bytes) -> None:
+    assert parse_long_poll(head) is None
+
+
+def test_the_plain_shape_and_its_parameters() -> None:
+    head = (b"GET /long-poll?after=12&timeout=0.5&_=1700000 HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: keep-alive\r\nAccept: */*\r\nContent-Length: 0")
+    assert parse_long_poll(head) == (12, 0.5)
+    assert parse_long_poll(b"GET /long-poll HTTP/1.1\r\nHost: x") == (0, 25.0)
+
+
+async def test_an_oversized_head_goes_to_aiohttp_which_refuses_it(srv: labserver.Server) -> None:
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    http.get("/long-poll?after=0", headers="X-Big: " + "y" * 9000 + "\r\n")
+    status, headers, body = await http.response()
+    assert status in (400, 431) and "server" in headers
+    http.close()
+    event_id = await srv.apublish("still serving")  # and the server goes on
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{srv.url}/long-poll?after=0&timeout=5") as response:
+            assert (await response.json())["last_id"] == event_id
+
+
+async def test_a_client_that_leaves_while_held_is_released(srv: labserver.Server) -> None:
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    http.get("/long-poll?after=0&timeout=30")
+    await asyncio.sleep(0.2)
+    assert long_poll_stats(srv)["open"] == 1
+    http.close()
+    deadline = time.monotonic() + 5
+    while long_poll_stats(srv)["open"]:
+        assert time.monotonic() < deadline, "the held poll outlived its connection"
+        await asyncio.sleep(0.05)
+    await srv.apublish("nobody is waiting")  # waking nobody breaks nothing
+    assert long_poll_stats(srv)["open"] == 0
+
+
+async def test_many_kept_alive_clients_each_get_every_event_once(srv: labserver.Server) -> None:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def client() -> list[int]:
+            ids: list[int] = []
+            after = 0
+            while len(ids) < 10:
+                async with session.get(f"{srv.url}/long-poll",
+                                       params={"after": after, "timeout": 10}) as response:
+                    assert "Server" not in response.headers  # the fast path served it
+                    page = await response.json()
+                ids += [e["id"] for e in page["events"]]
+                after = page["last_id"]
+            return ids
+
+        clients = [asyncio.create_task(client()) for _ in range(50)]
+        for n in range(10):
+            await asyncio.sleep(0.05)
+            await srv.apublish(n)
+        results = await asyncio.wait_for(asyncio.gather(*clients), 20)
+    assert results == [list(range(1, 11))] * 50
+
+
+async def test_stop_closes_held_kept_alive_polls(make_server) -> None:
+    srv = make_server()
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    http.get("/long-poll?after=0&timeout=30")
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await asyncio.to_thread(srv.stop)
+    assert await asyncio.wait_for(http.reader.read(), 5) == b""  # closed, not left hanging
+    assert time.monotonic() - started < 5
