@@ -110,8 +110,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                                "and not in allowed_origins")
     key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
     if not is_upgrade(request) or not wsframes.valid_key(key):
-        raise bad_request("GET /ws needs a WebSocket upgrade (Upgrade: websocket, "
-                          "Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)")
+        return json_error(400, "GET /ws needs a WebSocket upgrade (Upgrade: websocket, "
+                               "Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)",
+                          {hdrs.SEC_WEBSOCKET_VERSION: "13"})  # §4.4: the version we speak
     if request.protocol._message_tail:  # bytes after the request, before our 101
         raise bad_request("a client must wait for the handshake's answer before sending "
                           "frames (RFC 6455 section 4.1)")

@@ -98,8 +98,13 @@ def frame(opcode: int, payload: bytes, rsv1: bool = False) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    """A Close frame: the code in two bytes, then a UTF-8 reason (125 bytes in all, §5.5)."""
-    return frame(CLOSE, code.to_bytes(2, "big") + reason.encode()[:123])
+    """A Close frame: the code in two bytes, then a UTF-8 reason (125 bytes in all, §5.5).
+
+    A longer reason is cut at 123 bytes, but not inside a character: a client fails the
+    connection on a reason that is not valid UTF-8 (§8.1).
+    """
+    cut = reason.encode()[:123].decode(errors="ignore").encode()
+    return frame(CLOSE, code.to_bytes(2, "big") + cut)
 
 
 def unmask(mask: bytes, payload: bytes) -> bytes:
@@ -155,8 +160,11 @@ class FrameReader:
         while len(buffer) >= 2:
             b0, b1 = buffer[0], buffer[1]
             fin, rsv1, opcode = bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F
-            if b0 & 0x30 or (rsv1 and (not self.rsv1_allowed or opcode in CONTROL_OPCODES)):
+            if b0 & 0x30 or (rsv1 and not self.rsv1_allowed):
                 raise ProtocolFailure(PROTOCOL_ERROR, "reserved bits set without an extension")
+            if rsv1 and opcode not in DATA_OPCODES:  # RFC 7692 §6.1
+                raise ProtocolFailure(PROTOCOL_ERROR, "RSV1 (compressed) is set only on the "
+                                                      "first frame of a data message")
             if opcode not in DATA_OPCODES + CONTROL_OPCODES + (CONTINUATION,):
                 raise ProtocolFailure(PROTOCOL_ERROR, f"unknown opcode {opcode:#x}")
             if not b1 & 0x80:
@@ -257,12 +265,12 @@ def parse_deflate_offer(params: list[str]) -> DeflateParams | None:
         if key == "server_no_context_takeover" and value is None:
             no_takeover = True
             answer.append(key)
-        elif key == "server_max_window_bits" and value is not None and value.isdigit():
+        elif key == "server_max_window_bits" and is_digits(value):
             bits = int(value)
             if not 9 <= bits <= 15:
                 return None
             answer.append(f"{key}={bits}")
-        elif key == "client_max_window_bits" and (value is None or value.isdigit()):
+        elif key == "client_max_window_bits" and (value is None or is_digits(value)):
             if value is not None and not 8 <= int(value) <= 15:
                 return None
         elif key == "client_no_context_takeover" and value is None:
@@ -272,8 +280,17 @@ def parse_deflate_offer(params: list[str]) -> DeflateParams | None:
     return DeflateParams(bits, no_takeover, "; ".join(answer))
 
 
+def is_digits(value: str | None) -> bool:
+    """A window size is ASCII digits (RFC 7692 §7.1.2); ``str.isdigit`` also takes "²"."""
+    return value is not None and value.isascii() and value.isdigit()
+
+
 class Deflate:
-    """One connection's compressor and inflater (each keeps its window between messages)."""
+    """One connection's compressor and inflater (each keeps its window between messages).
+
+    A client may end a message's DEFLATE stream with a BFINAL block (RFC 7692 §7.2.3.4); its
+    next message then starts a new stream, so the inflater starts afresh.
+    """
 
     __slots__ = ("params", "_compressor", "_inflater")
 
@@ -300,4 +317,6 @@ class Deflate:
             raise ProtocolFailure(PROTOCOL_ERROR, "the compressed message is corrupt") from None
         if len(data) > max_bytes or self._inflater.unconsumed_tail:
             raise ProtocolFailure(MESSAGE_TOO_BIG, f"a message may have at most {max_bytes} bytes")
+        if self._inflater.eof:  # a BFINAL block ended the stream: the next message starts one
+            self._inflater = zlib.decompressobj(wbits=-15)
         return data

@@ -17,12 +17,17 @@ import os
 import socket
 import time
 import urllib.request
+import zlib
 from typing import Any
 
 import aiohttp
 import conftest
 import pytest
 import websockets
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
 from websockets.frames import Frame, Opcode
 
 import labserver
@@ -707,3 +712,190 @@ def test_browser_page_from_a_foreign_site_is_refused(make_server: Any, browser_p
     assert outcome == ("open" if allowed else "closed 1006")  # a browser hides the 403
     stats = ws_stats(srv)
     assert stats["requests"] == 1 and stats["messages_out"] == 0
+
+
+# --- RFC 6455 edge cases on the bare socket ---------------------------------------------------
+
+DEFLATE_TAIL = b"\x00\x00\xff\xff"  # RFC 7692 §7.2.1: dropped by the sender, added back to read
+
+
+async def open_with_deflate(srv: labserver.Server, offer: str = "permessage-deflate") -> RawSocket:
+    """A RawSocket that offered permessage-deflate; the 101 answer must accept it."""
+    raw = await RawSocket.open(srv, headers={"Sec-WebSocket-Extensions": offer})
+    status, headers, _ = await raw.read_response()
+    assert status == 101
+    assert headers["sec-websocket-extensions"] == "permessage-deflate"
+    return raw
+
+
+def deflated(data: bytes) -> bytes:
+    """A client's compressed message payload: deflate, sync flush, the tail dropped."""
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def with_first_byte(frame: bytes, first_byte: int) -> bytes:
+    """A frame ``websockets`` will not build (RSV1 by hand, a long control frame): one of its
+    frames with FIN, RSV and the opcode replaced."""
+    return bytes((first_byte,)) + frame[1:]
+
+
+async def test_compressed_client_message_is_inflated_and_echoed(srv: labserver.Server) -> None:
+    async with connect(srv, compression="deflate") as ws:
+        assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+        before = await srv.astats()
+        await ws.send(json.dumps({"echo": "x" * 2000}))
+        assert await recv_json(ws) == {"echo": "x" * 2000}
+        used = labserver.stats_diff(before, await srv.astats())["transports"]["ws"]
+    assert used["messages_in"] == 1
+    assert used["bytes_in"] < 200  # the 2 kB message crossed the wire compressed
+    assert used["bytes_out"] < 200  # and so did the echo
+
+
+async def test_fragmented_compressed_message_is_one_message(srv: labserver.Server) -> None:
+    """RFC 7692 §6.1: RSV1 on the first fragment only; the fragments' payloads, joined, are one
+    compressed message (``websockets``' own encoder builds them)."""
+    raw = await open_with_deflate(srv)
+    encoder = PerMessageDeflate(remote_no_context_takeover=False, local_no_context_takeover=False,
+                                remote_max_window_bits=15, local_max_window_bits=15)
+    text = "y" * 3000
+    for opcode, data, fin in [(Opcode.TEXT, b'{"echo": "', False),
+                              (Opcode.CONT, text.encode(), False),
+                              (Opcode.PING, b"between", True),  # not compressed: a control frame
+                              (Opcode.CONT, b'"}', True)]:
+        raw.write(Frame(opcode, data, fin=fin).serialize(mask=True, extensions=[encoder]))
+    assert await raw.read_frame() == (True, Opcode.PONG, b"between")
+    fin, opcode, payload = await raw.read_frame()
+    inflated = zlib.decompressobj(wbits=-15).decompress(payload + DEFLATE_TAIL)
+    assert (fin, opcode, json.loads(inflated)) == (True, Opcode.TEXT, {"echo": text})
+    assert len(payload) < 100  # the echo came back compressed too
+    raw.close()
+
+
+async def test_compressed_zip_bomb_over_the_limit_is_1009(make_server: Any) -> None:
+    srv = make_server(max_message_bytes=64 * 1024)
+    async with connect(srv) as other:
+        raw = await open_with_deflate(srv)
+        bomb = deflated(bytes(1 << 20))  # 1 MB of zeros in about 1 kB: under the frame limit
+        assert len(bomb) < 2000
+        raw.write(with_first_byte(Frame(Opcode.TEXT, bomb).serialize(mask=True), 0x80 | 0x40 | 1))
+        code, reason = await raw.read_close()
+        assert (code, reason) == (1009, f"a message may have at most {64 * 1024} bytes")
+        assert await raw.read_to_eof() == b""
+        raw.close()
+        await assert_other_client_still_receives(srv, other)
+
+
+async def test_ping_payload_comes_back_in_the_pong(srv: labserver.Server) -> None:
+    raw = await RawSocket.open(srv)
+    assert (await raw.read_response())[0] == 101
+    for payload in (b"", b"\x00\xffany bytes", b"p" * 125):  # up to the control frame limit
+        raw.send_frame(Opcode.PING, payload)
+        assert await raw.read_frame() == (True, Opcode.PONG, payload)
+    raw.close()
+
+
+async def test_control_frame_of_126_bytes_is_1002(srv: labserver.Server) -> None:
+    async with connect(srv) as other:
+        raw = await RawSocket.open(srv)
+        assert (await raw.read_response())[0] == 101
+        ping = with_first_byte(Frame(Opcode.BINARY, b"p" * 126).serialize(mask=True), 0x89)
+        raw.write(ping)  # §5.5: a control frame's payload is 125 bytes at most
+        code, _ = await raw.read_close()
+        assert code == 1002
+        assert await raw.read_to_eof() == b""  # no Pong: the connection failed
+        raw.close()
+        await assert_other_client_still_receives(srv, other)
+
+
+async def test_close_without_a_code_gets_an_empty_close_then_eof(srv: labserver.Server) -> None:
+    async with connect(srv) as other:
+        await wait_for_stat(srv, "open", 1)
+        raw = await RawSocket.open(srv)
+        assert (await raw.read_response())[0] == 101
+        raw.send_frame(Opcode.CLOSE, b"")
+        assert await raw.read_frame() == (True, Opcode.CLOSE, b"")  # no code to echo (§5.5.1)
+        assert await raw.read_to_eof() == b""  # the server closes the TCP connection (§7.1.1)
+        raw.close()
+        await wait_for_stat(srv, "open", 1)
+        await assert_other_client_still_receives(srv, other)
+
+
+async def test_close_with_code_1005_is_1002(srv: labserver.Server) -> None:
+    async with connect(srv) as other:
+        raw = await RawSocket.open(srv)
+        assert (await raw.read_response())[0] == 101
+        raw.send_frame(Opcode.CLOSE, (1005).to_bytes(2, "big"))  # "no code": never sent (§7.4.1)
+        code, reason = await raw.read_close()
+        assert code == 1002 and "1005" in reason
+        assert await raw.read_to_eof() == b""
+        raw.close()
+        await assert_other_client_still_receives(srv, other)
+
+
+async def test_no_pong_once_the_server_has_sent_close(srv: labserver.Server) -> None:
+    """§5.5.1: nothing follows a Close frame, not even a Pong."""
+    async with connect(srv) as other:
+        raw = await RawSocket.open(srv)
+        assert (await raw.read_response())[0] == 101
+        raw.send_frame(Opcode.BINARY, b"\x00")
+        assert (await raw.read_close())[0] == 1003
+        raw.send_frame(Opcode.PING, b"late")
+        raw.send_frame(Opcode.CLOSE, (1000).to_bytes(2, "big"))  # completes the close handshake
+        assert await raw.read_to_eof() == b""  # no Pong before the end
+        raw.close()
+        await assert_other_client_still_receives(srv, other)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-WebSocket-Version": "8"},
+        {"Sec-WebSocket-Key": "not a key"},
+        {"Sec-WebSocket-Key": base64.b64encode(bytes(15)).decode()},  # 15 bytes, not 16
+        {"Sec-WebSocket-Key": ""},  # missing
+    ],
+)
+async def test_bad_handshake_is_400_json_before_the_upgrade(srv: labserver.Server,
+                                                            headers: dict[str, str]) -> None:
+    async with connect(srv) as other:
+        raw = await RawSocket.open(srv, headers=headers)
+        status, answer, body = await raw.read_response()
+        raw.close()
+        assert status == 400 and answer["content-type"].startswith("application/json")
+        assert "WebSocket upgrade" in json.loads(body)["error"]
+        assert answer["sec-websocket-version"] == "13"  # §4.4: the version this server speaks
+        assert ws_stats(srv)["open"] == 1
+        await assert_other_client_still_receives(srv, other)
+
+
+async def test_unreadable_deflate_offer_is_declined_not_an_error(srv: labserver.Server) -> None:
+    """RFC 7692 §7.1.2: a window size is ASCII digits; any other offer is declined, and the
+    socket opens without compression."""
+    offer = "permessage-deflate; server_max_window_bits=\u00b2"  # a superscript two
+    raw = await RawSocket.open(srv, headers={"Sec-WebSocket-Extensions": offer})
+    status, headers, _ = await raw.read_response()
+    assert status == 101 and "sec-websocket-extensions" not in headers
+    raw.send_frame(Opcode.TEXT, b'{"echo": 1}')
+    assert await raw.read_frame() == (True, Opcode.TEXT, b'{"echo":1}')
+    raw.close()
+
+
+@pytest.mark.parametrize(
+    ("offer", "answer"),
+    [
+        ({"server_no_context_takeover": True}, "permessage-deflate; server_no_context_takeover"),
+        ({"server_max_window_bits": 10}, "permessage-deflate; server_max_window_bits=10"),
+    ],
+)
+async def test_deflate_parameters_work_end_to_end(srv: labserver.Server, offer: dict[str, Any],
+                                                  answer: str) -> None:
+    extension = ClientPerMessageDeflateFactory(client_max_window_bits=None, **offer)
+    async with connect(srv, extensions=[extension]) as ws:
+        assert ws.response.headers["Sec-WebSocket-Extensions"] == answer
+        data = {"text": "z" * 500}
+        ids = [await srv.apublish(data) for _ in range(3)]
+        received = [await recv_json(ws) for _ in ids]
+        await ws.send(json.dumps({"echo": "w" * 1000}))
+        assert await recv_json(ws) == {"echo": "w" * 1000}
+    assert [(e["id"], e["data"]) for e in received] == [(i, data) for i in ids]
