@@ -6,8 +6,9 @@ interval on ``close``. This module does the same, and every event of the series 
 
 * **one port** (12.7.1): the upgrade is an ordinary ``GET /ws`` on the HTTP server (RFC 6455 §4).
   aiohttp routes it and :func:`websocket` checks it; then the socket leaves aiohttp
-  (:func:`take_over`) for a :class:`WebSocketConnection` — a plain ``asyncio.Protocol`` that
-  speaks RFC 6455 itself (:mod:`labserver.wsframes`), as Node's ``ws`` does on a raw socket.
+  (:func:`labserver.takeover.take_over`) for a :class:`WebSocketConnection` — a plain
+  ``asyncio.Protocol`` that speaks RFC 6455 itself (:mod:`labserver.wsframes`), as Node's
+  ``ws`` does on a raw socket.
   An idle connection is then a transport and one small object, not an HTTP request, its
   parser, a reader queue and a task per direction;
 * **each event is one JSON text message** ``{"id": N, "data": ..., "ts": T}``, framed once
@@ -44,8 +45,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -58,6 +57,7 @@ from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .polling import parse_after
+from .takeover import take_over
 from .whoami import client_address, request_host
 from .whoami import setup as setup_whoami
 from .wsframes import (
@@ -130,27 +130,6 @@ def is_upgrade(request: web.Request) -> bool:
     connection = {t.strip().lower() for t in request.headers.get(hdrs.CONNECTION, "").split(",")}
     return (upgrade == "websocket" and "upgrade" in connection
             and request.headers.get(hdrs.SEC_WEBSOCKET_VERSION) == "13")
-
-
-async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
-    """Hand the request's TCP connection from aiohttp to ``protocol``.
-
-    asyncio gives a new transport to a *copy* of the socket's file descriptor
-    (``connect_accepted_socket``); aiohttp's own transport is then closed, which closes its
-    descriptor only — the connection stays open through the copy. aiohttp stops reading first,
-    so no byte can go to the wrong side (and a client sends nothing before the 101, §4.1).
-    """
-    old = request.transport
-    assert old is not None
-    old.pause_reading()
-    sock = socket.socket(fileno=os.dup(old.get_extra_info("socket").fileno()))
-    try:
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
-    except BaseException:
-        sock.close()
-        raise
-    finally:
-        old.close()
 
 
 class WebSocketConnection(asyncio.Protocol):
