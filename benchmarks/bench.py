@@ -4,14 +4,16 @@
     .venv/bin/python benchmarks/bench.py --quick           one round, N = 1 and 100, < 1 min
     .venv/bin/python benchmarks/bench.py --readme          also rewrite benchmarks/README.md's table
 
-Three stacks, each a server in its own process, pinned to one core while this load generator
+Four stacks, each a server in its own process, pinned to one core while this load generator
 runs on the other:
 
 * ``labserver`` — ``labserver.start()``, every transport on one port;
 * ``node`` — ``benchmarks/node/server.js``: ``http`` + ``ws`` + ``socket.io`` (the book's stack),
   the same routes and JSON (``npm ci`` there first; ``make bench`` does it);
 * ``websockets`` — ``benchmarks/ws_broadcast_server.py``: the ``websockets`` library's
-  ``broadcast()``, WebSocket only (events published over a WebSocket, not ``POST /publish``).
+  ``broadcast()``, WebSocket only (events published over a WebSocket, not ``POST /publish``);
+* ``aiohttp`` — ``benchmarks/aiohttp_floor_server.py``: the least a long poll can cost on
+  aiohttp (one route, no middleware, no counters), long polling only — the framework's floor.
 
 One load generator for all of them: Python on raw asyncio sockets (``asyncio.Protocol``, no
 client library), so every stack is measured by the same code. Its clients parse only what they
@@ -645,12 +647,12 @@ class Plan:
 
 FULL = Plan(rounds=3, sizes=(1, 100, 1000), rates=(10, 100),
             events=lambda r: 15 if r <= 10 else 60, burst=300,
-            stacks=("labserver", "node", "websockets"))
+            stacks=("labserver", "node", "websockets", "aiohttp"))
 QUICK = Plan(rounds=1, sizes=(1, 100), rates=(10, 100),
              events=lambda r: 10 if r <= 10 else 40, burst=100,
-             stacks=("labserver", "node", "websockets"))
+             stacks=("labserver", "node", "websockets", "aiohttp"))
 TINY = Plan(rounds=1, sizes=(5,), rates=(100,), events=lambda r: 10, burst=20,
-            stacks=("labserver", "node", "websockets"), warmup=5)
+            stacks=("labserver", "node", "websockets", "aiohttp"), warmup=5)
 
 Key = tuple[str, int, int]  # (transport, N, R); R = 0 for the saturation burst
 
@@ -727,7 +729,8 @@ async def run_plan(plan: Plan, server_core: int | None, gen_core: int | None,
                     if transport in STACKS[name].transports:  # type: ignore[attr-defined]
                         await group(name, transport, n, plan, server_core, results[name], say)
         for name in stacks:
-            await saturation(name, plan, server_core, results[name], say)
+            if "ws" in STACKS[name].transports:  # type: ignore[attr-defined]
+                await saturation(name, plan, server_core, results[name], say)
         table.by_round.append(results)
     return table
 
@@ -911,7 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one round, N = 1 and 100")
     parser.add_argument("--tiny", action="store_true", help="a smoke run: N = 5, one rate")
     parser.add_argument("--rounds", type=int, help="rounds (default 3, --quick 1)")
-    parser.add_argument("--stacks", help="comma-separated: labserver,node,websockets")
+    parser.add_argument("--stacks", help="comma-separated: labserver,node,websockets,aiohttp")
     parser.add_argument("--transports", help="comma-separated: long_poll,sse,ws,socketio")
     parser.add_argument("--sizes", help="comma-separated client counts, e.g. 1,100,1000")
     parser.add_argument("--readme", action="store_true",
