@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 
 from aiohttp import web
@@ -40,7 +41,8 @@ from .takeover import hand_back
 
 #: A request head longer than this is not a plain long poll: aiohttp gets it (and answers it).
 MAX_HEAD_BYTES = 8190
-#: An idle kept-alive connection is closed after this long without a request (aiohttp's default).
+#: A kept-alive connection that sent no request for a whole period of this length (aiohttp's
+#: keep-alive timeout) is closed by :func:`close_idle` — one sweep for all, not a timer each.
 KEEPALIVE_S = 75.0
 
 #: The open kept-alive long-poll connections of an app, for shutdown.
@@ -93,7 +95,7 @@ class LongPollConnection(asyncio.Protocol):
     """
 
     __slots__ = ("app", "factory", "log", "counters", "transport", "buffer", "after", "timer",
-                 "holding", "first")
+                 "holding", "first", "active")
 
     def __init__(self, app: web.Application, factory: web.Server, after: int,
                  timeout_s: float) -> None:
@@ -106,6 +108,7 @@ class LongPollConnection(asyncio.Protocol):
         self.after = after
         self.timer: asyncio.TimerHandle | None = None
         self.holding = False
+        self.active = True  # a request came since the last idle sweep
         self.first = (after, timeout_s)  # the request aiohttp routed: served first
 
     # --- asyncio's callbacks -------------------------------------------------------------
@@ -144,6 +147,7 @@ class LongPollConnection(asyncio.Protocol):
             self.give_back()
             return
         del self.buffer[:end + 4]
+        self.active = True
         self.counters.requests += 1
         self.counters.bytes_in += end + 4
         self.serve(*request)
@@ -191,7 +195,6 @@ class LongPollConnection(asyncio.Protocol):
         if not page.events:
             counters.empty += 1
         self.cancel_timer()
-        self.timer = asyncio.get_running_loop().call_later(KEEPALIVE_S, transport.close)
         if self.buffer:
             self.next_request()
 
@@ -220,17 +223,42 @@ class LongPollConnection(asyncio.Protocol):
         self.buffer = bytearray()
 
 
-_date = [0, b""]  # the Date header of the current second, made once per second
+_heads: dict[int, bytes] = {}  # by body length, for the second in _second
+_second = [0]
 
 
 def response_head(length: int) -> bytes:
-    """The head of a long poll's answer: what aiohttp sends for it, less ``Server``."""
+    """The head of a long poll's answer — what aiohttp sends for it, less ``Server`` — made
+    once per body length and second (the ``Date`` header): most answers share a length."""
     now = int(time.time())
-    if _date[0] != now:
-        _date[0], _date[1] = now, formatdate(now, usegmt=True).encode()
-    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
+    if _second[0] != now:
+        _second[0] = now
+        _heads.clear()
+    head = _heads.get(length)
+    if head is None:
+        head = _heads[length] = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
             b"Cache-Control: no-store\r\nContent-Length: %d\r\nDate: %s\r\n\r\n"
-            % (length, _date[1]))
+            % (length, formatdate(now, usegmt=True).encode()))
+    return head
+
+
+async def close_idle(app: web.Application) -> AsyncIterator[None]:
+    """Every :data:`KEEPALIVE_S`: close the connections that held nothing and sent no request
+    since the last sweep (idle for one to two periods)."""
+
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(KEEPALIVE_S)
+            for connection in list(app[OPEN]):
+                if not connection.holding and not connection.active and (
+                        connection.transport is not None):
+                    connection.transport.close()
+                connection.active = False
+
+    task = asyncio.create_task(sweep(), name="long-poll-idle")
+    yield
+    task.cancel()
 
 
 async def close_all(app: web.Application) -> None:
@@ -243,4 +271,5 @@ async def close_all(app: web.Application) -> None:
 
 def setup(app: web.Application) -> None:
     app[OPEN] = set()
+    app.cleanup_ctx.append(close_idle)
     app.on_shutdown.append(close_all)

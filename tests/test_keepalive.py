@@ -235,3 +235,29 @@ async def test_stop_closes_held_kept_alive_polls(make_server) -> None:
     await asyncio.to_thread(srv.stop)
     assert await asyncio.wait_for(http.reader.read(), 5) == b""  # closed, not left hanging
     assert time.monotonic() - started < 5
+
+
+async def test_idle_connections_are_closed_by_one_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process server (the real ``serve()``) with a short keep-alive period."""
+    from labserver import keepalive
+    from labserver.app import create_app, serve
+
+    monkeypatch.setattr(keepalive, "KEEPALIVE_S", 0.2)
+    app = create_app()
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(app, stop, ready.set_result))
+    port = await asyncio.wait_for(ready, 5)
+    try:
+        idle = Http(*await asyncio.open_connection("127.0.0.1", port))
+        held = Http(*await asyncio.open_connection("127.0.0.1", port))
+        for http in (idle, held):
+            assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+        held.get("/long-poll?after=0&timeout=1")  # held across several sweeps: kept
+        assert await asyncio.wait_for(idle.reader.read(), 2) == b""  # closed when idle
+        status, _, body = await held.response()
+        assert status == 200 and json.loads(body)["events"] == []  # its timeout, not a sweep
+        assert len(app[keepalive.OPEN]) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 5)
