@@ -25,7 +25,10 @@ What is measured, per transport (long polling, SSE, WebSocket, Socket.IO over We
 N clients and R events/s:
 
 * **latency** p50/p99/max: from the moment the publisher writes the publish request to the
-  moment a client's socket read returns the event (one monotonic clock, one process);
+  moment the event's bytes reach the client's socket — the kernel's receive timestamp
+  (``SO_TIMESTAMPNS``, :class:`StampedTransport`), on the same clock as the publish time, in
+  one process. Taken at the read instead, a thousand clients' latency would be mostly this
+  generator's own queue of sockets to read (it was, before: every stack came out equal);
 * **lost**: events a client had not received 3 s after the last publish;
 * **server CPU µs per delivery**: the server process's CPU time over the run (all its threads,
   ``/proc/PID/task/*/schedstat``, nanoseconds) divided by the deliveries — the publish requests'
@@ -56,10 +59,13 @@ import platform
 import re
 import resource
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
+from asyncio import selector_events
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +217,64 @@ def node_ready() -> str | None:
 # --- the clients: raw asyncio protocols ---------------------------------------------------
 
 
+#: Linux's SO_TIMESTAMPNS (``SO_TIMESTAMPNS_OLD``: a ``struct timespec`` of two longs).
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+class StampedTransport(selector_events._SelectorSocketTransport):  # type: ignore[misc,name-defined]
+    """asyncio's socket transport, reading with ``recvmsg`` to keep the kernel's receive time.
+
+    With ``SO_TIMESTAMPNS`` on, the kernel stamps each packet as it reaches the client's socket
+    (``CLOCK_REALTIME``); the client takes that as the event's arrival, not the moment this
+    process gets round to reading it. With a thousand sockets the generator reads for several
+    milliseconds after the server has written the last one: stamped at the read, latency
+    would measure the generator's queue as much as the server. Linux only; elsewhere (no
+    stamp) the read time is used.
+    """
+
+    def _read_ready__data_received(self) -> None:
+        if self._conn_lost:
+            return
+        try:
+            data, ancillary, _, _ = self._sock.recvmsg(self.max_size, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not data:
+            self._read_ready__on_eof()
+            return
+        arrived = time.time()
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = struct.unpack_from("qq", value)
+                arrived = sec + nsec * 1e-9
+        self._protocol.arrived = arrived
+        self._protocol.data_received(data)
+
+
+async def open_stamped(factory: Callable[[], Client], host: str, port: int) -> Client:
+    """``loop.create_connection`` with a :class:`StampedTransport`."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, port))
+        with contextlib.suppress(OSError):  # not Linux: no stamps, read times instead
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        protocol = factory()
+        waiter = loop.create_future()
+        StampedTransport(loop, sock, protocol, waiter)
+        await waiter
+    except BaseException:
+        sock.close()
+        raise
+    return protocol
+
+
 class Run:
     """What one run records: publish times by sequence number, latencies, deliveries."""
 
@@ -244,6 +308,7 @@ class Client(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.got = 0
+        self.arrived = 0.0  # when the bytes being read reached the socket (StampedTransport)
         self.ready = asyncio.get_running_loop().create_future()
         self.closed = False
 
@@ -295,7 +360,7 @@ class WSClient(Client):
                 "Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        now = self.arrived
         self.bytes_in += len(data)
         buf = self.buf + data if self.buf else data
         pos = 0
@@ -371,7 +436,7 @@ class SSEClient(Client):
         return b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        now = self.arrived
         self.bytes_in += len(data)
         buf = self.buf + data if self.buf else data
         if not self.ready.done():
@@ -406,7 +471,7 @@ class LongPollClient(Client):
                 "Host: 127.0.0.1\r\n\r\n").encode()
 
     def data_received(self, data: bytes) -> None:
-        now = time.perf_counter()
+        now = self.arrived
         self.bytes_in += len(data)
         buf = self.buf + data if self.buf else data
         while True:
@@ -517,9 +582,7 @@ class Bench:
         self.seq = 0
 
     async def connect(self, factory: Callable[[], Client]) -> Client:
-        loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(factory, self.stack.host, self.stack.port)
-        return client
+        return await open_stamped(factory, self.stack.host, self.stack.port)
 
     async def open_clients(self, transport: str, n: int) -> None:
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -592,7 +655,7 @@ class Bench:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 self.seq += 1
-                run.t0[self.seq] = time.perf_counter()
+                run.t0[self.seq] = time.time()  # the clock of the kernel's stamps
                 await pub.publish(self.body(self.seq))
         else:
             seqs = iter(range(self.seq + 1, self.seq + events + 1))
@@ -600,7 +663,7 @@ class Bench:
 
             async def publish_from(pub: Any) -> None:
                 for seq in seqs:
-                    run.t0[seq] = time.perf_counter()
+                    run.t0[seq] = time.time()
                     await pub.publish(self.body(seq))
 
             await asyncio.gather(*(publish_from(p) for p in self.publishers))
