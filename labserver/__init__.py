@@ -7,9 +7,11 @@
     srv.stop()
 
 Modules, one concern each. Transports: ``polling`` (short and long polling), ``sse``
-(Server-Sent Events), ``ws`` (WebSocket), ``socketio`` (Socket.IO), ``chat`` (rooms and shared
-sessions). Shared pieces: ``events`` (the event log and its cursors — read its docstring
-first), ``counters`` (bytes at the socket), ``app`` (the factory), ``options``, ``errors``,
+(Server-Sent Events), ``ws`` (WebSocket) with ``wsframes`` (RFC 6455 by hand), ``socketio``
+(Socket.IO), ``chat`` (rooms and shared sessions). Shared pieces: ``events`` (the event log and
+its cursors — read its docstring first), ``fanout`` (one write per client), ``takeover``
+(connections leave aiohttp after their first request: ``ws``, and ``keepalive`` for long
+polls), ``counters`` (bytes at the socket), ``app`` (the factory), ``options``, ``errors``,
 ``keys``, ``whoami`` (the client's address and proxies), ``process`` (the handle), ``cluster``
 (scale-out on Redis), ``balancer`` (sticky sessions), ``measure`` and ``clients`` (what the
 lessons measure with).

@@ -7,7 +7,9 @@ per-connection protocol with two taps, one on ``data_received`` (bytes in) and o
 transport's ``write`` (bytes out). Each HTTP request says which transport it belongs to
 (``/poll`` → ``poll``, ``/ws`` → ``ws`` …); the bytes of a connection are charged to the
 transport of the request it is serving. Bytes of routes that are no transport (``/``,
-``/stats``, ``/publish``) are not charged to any.
+``/stats``, ``/publish``) are not charged to any. A connection taken from aiohttp after its
+first request (:mod:`labserver.takeover`: a WebSocket, kept-alive long polls) counts its own
+bytes from then on, the same way: every byte read, every byte handed to ``write``.
 
 ``GET /stats`` and ``srv.stats()`` return :meth:`Counters.snapshot`; a lesson takes the
 counters of one experiment with :func:`stats_diff` (``after - before``).

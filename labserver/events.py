@@ -8,7 +8,8 @@ serialised to JSON once, and is then handed to every transport:
 
 * **pull** transports (short polling, long polling) keep a *cursor*: "give me every event
   whose id is greater than ``after``". They read the log: :meth:`EventLog.read` answers at
-  once, :meth:`EventLog.wait` holds until an event newer than the cursor exists.
+  once, :meth:`EventLog.wait` holds until an event newer than the cursor exists
+  (:meth:`EventLog.hold` does the same with a callback, for a connection with no coroutine).
 * **push** transports (SSE, WebSocket, Socket.IO) hold a :class:`Subscription`: a bounded
   queue that :meth:`EventLog.publish` fills. A client that stops reading fills its queue; the
   subscription is then marked *overflowed* and the transport drops that client (it may resume

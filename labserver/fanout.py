@@ -1,13 +1,15 @@
 """Per-client work a write: how the event log puts an event's ready-made bytes on one socket.
 
-A push transport (SSE, WebSocket) frames each event once (:meth:`Event.encoded`) and, after a
-client's replay, hands the event log a :class:`SocketWriter` for that client
-(:meth:`Subscription.forward`). The log calls it for every client of every event, inside
-``publish``, so it does as little as it can: one ``transport.write`` of the shared bytes —
-asyncio hands them to the kernel at once when nothing is waiting, as Node's ``socket.write``
-does, and keeps the rest in order until the client reads — counted at the socket like every
-other byte. A client whose unsent bytes pass ``queue_size`` events' worth is too slow: the
-writer answers ``False``, the subscription overflows, and the transport drops that client.
+A push transport frames each event once (:meth:`Event.encoded`) and, after a client's replay,
+hands the event log a write function for that client (:meth:`Subscription.forward`): SSE this
+:class:`SocketWriter`, a WebSocket its connection's own ``send_event``, which follows the same
+rule on its bare socket (:mod:`labserver.ws`). The log calls it for every client of every
+event, inside ``publish``, so it does as little as it can: one ``transport.write`` of the
+shared bytes — asyncio hands them to the kernel at once when nothing is waiting, as Node's
+``socket.write`` does, and keeps the rest in order until the client reads — counted at the
+socket like every other byte. A client whose unsent bytes pass ``queue_size`` events' worth is
+too slow: the writer answers ``False``, the subscription overflows, and the transport drops
+that client.
 """
 
 from __future__ import annotations
