@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
 import aiohttp
 import pytest
@@ -261,3 +262,47 @@ async def test_idle_connections_are_closed_by_one_sweep(monkeypatch: pytest.Monk
     finally:
         stop.set()
         await asyncio.wait_for(server, 5)
+
+
+#: A page's long-poll loop with a relative URL: each answer's ``Server`` header and event ids.
+POLL_FROM_PAGE = """() => {
+  window.polls = [];
+  (async () => {
+    let after = 0;
+    while (window.polls.length < 3) {
+      const r = await fetch(`long-poll?after=${after}&timeout=10`);
+      const page = await r.json();
+      window.polls.push({server: r.headers.get('server'), ids: page.events.map(e => e.id)});
+      after = page.last_id;
+    }
+  })();
+}"""
+
+
+def browser_long_polls(srv: labserver.Server, page: Any, url: str) -> list[dict[str, Any]]:
+    """Open ``url`` (the index page), run the page's poll loop, publish three events."""
+    page.goto(url)
+    page.evaluate(POLL_FROM_PAGE)
+    ids = []
+    for n in range(3):
+        deadline = time.monotonic() + 10
+        while long_poll_stats(srv)["open"] != 1:  # the page's poll is held
+            assert time.monotonic() < deadline, "the page's long poll never arrived"
+            time.sleep(0.02)
+        ids.append(srv.publish({"to": "the browser", "n": n}))
+        page.wait_for_function(f"window.polls.length === {n + 1}", timeout=10_000)
+    polls = page.evaluate("window.polls")
+    assert [i for poll in polls for i in poll["ids"]] == ids  # every event's id, once, in order
+    return polls
+
+
+def test_a_browser_long_polls_through_the_light_path(srv: labserver.Server,
+                                                     browser_page: Any) -> None:
+    polls = browser_long_polls(srv, browser_page, srv.url + "/")
+    assert [poll["server"] for poll in polls] == [None] * 3  # Chromium's requests, parsed here
+
+
+def test_a_browser_long_polls_through_the_hub_proxy(jupyter_proxy: Any,
+                                                    browser_page: Any) -> None:
+    with labserver.start() as srv:
+        browser_long_polls(srv, browser_page, jupyter_proxy.url_for(srv.port))
