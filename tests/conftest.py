@@ -6,10 +6,11 @@ fail under ``CI=true``: CI must run them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -58,6 +59,24 @@ async def timed_publishes(srv: labserver.Server, events: int, payload: Any) -> l
                 assert resp.status == 200
             publish_s.append(time.perf_counter() - started)
     return publish_s
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[int]:
+    """``async with serving(create_app()) as port:`` — the real ``serve()`` in this process (real
+    sockets, byte counting), so that a test can look at the app's state; stopped after."""
+    import asyncio
+
+    from labserver.app import serve
+
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(app, stop, ready.set_result))
+    try:
+        yield await asyncio.wait_for(ready, 5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(server, 5)
 
 
 @pytest.fixture

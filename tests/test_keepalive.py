@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import aiohttp
+import conftest
 import pytest
 
 import labserver
@@ -241,15 +242,11 @@ async def test_stop_closes_held_kept_alive_polls(make_server) -> None:
 async def test_idle_connections_are_closed_by_one_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process server (the real ``serve()``) with a short keep-alive period."""
     from labserver import keepalive
-    from labserver.app import create_app, serve
+    from labserver.app import create_app
 
     monkeypatch.setattr(keepalive, "KEEPALIVE_S", 0.2)
     app = create_app()
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(app, stop, ready.set_result))
-    port = await asyncio.wait_for(ready, 5)
-    try:
+    async with conftest.serving(app) as port:
         idle = Http(*await asyncio.open_connection("127.0.0.1", port))
         held = Http(*await asyncio.open_connection("127.0.0.1", port))
         for http in (idle, held):
@@ -259,9 +256,6 @@ async def test_idle_connections_are_closed_by_one_sweep(monkeypatch: pytest.Monk
         status, _, body = await held.response()
         assert status == 200 and json.loads(body)["events"] == []  # its timeout, not a sweep
         assert len(app[keepalive.OPEN]) == 1
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 5)
 
 
 #: A page's long-poll loop with a relative URL: each answer's ``Server`` header and event ids.

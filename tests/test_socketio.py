@@ -31,7 +31,7 @@ import websockets
 from aiohttp import web
 
 import labserver
-from labserver.app import create_app, serve
+from labserver.app import create_app
 from labserver.keys import SIO
 
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -277,22 +277,17 @@ def test_routes_reach_the_socketio_server_through_an_app_key() -> None:
     app.router.add_post("/notice", notice)
 
     async def scenario() -> dict[str, Any]:
-        stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        server = asyncio.create_task(serve(app, stop, ready.set_result))
-        port = await asyncio.wait_for(ready, 5)
-        client = socketio.AsyncClient()
-        got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        client.on("notice", got.set_result)
-        try:
-            await client.connect(f"http://127.0.0.1:{port}", wait_timeout=5)
-            async with aiohttp.ClientSession() as session:
-                await session.post(f"http://127.0.0.1:{port}/notice", json={"text": "hi"})
-            return await asyncio.wait_for(got, 5)
-        finally:
-            await client.disconnect()
-            stop.set()
-            await server
+        async with conftest.serving(app) as port:
+            client = socketio.AsyncClient()
+            got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            client.on("notice", got.set_result)
+            try:
+                await client.connect(f"http://127.0.0.1:{port}", wait_timeout=5)
+                async with aiohttp.ClientSession() as session:
+                    await session.post(f"http://127.0.0.1:{port}/notice", json={"text": "hi"})
+                return await asyncio.wait_for(got, 5)
+            finally:
+                await client.disconnect()
 
     assert asyncio.run(scenario()) == {"text": "hi"}
 

@@ -32,7 +32,7 @@ from websockets.frames import Frame, Opcode
 
 import labserver
 from labserver import ws as ws_module
-from labserver.app import create_app, serve
+from labserver.app import create_app
 from labserver.keys import CONNECTIONS, COUNTERS
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example key …
@@ -470,11 +470,7 @@ async def test_every_sends_status_messages_that_are_not_events(srv: labserver.Se
 async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None:
     """In-process server (the real ``serve()``, real sockets) so the test can see its timer."""
     app = create_app()
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(app, stop, ready.set_result))
-    port = await asyncio.wait_for(ready, 5)
-    try:
+    async with conftest.serving(app) as port:
         url = f"ws://127.0.0.1:{port}/ws?every=0.05"
         ws = await websockets.connect(url, proxy=None, compression=None)
         await recv_json(ws)  # a status message: the timer runs
@@ -496,9 +492,6 @@ async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None
         while not connection.transport.is_closing():
             assert time.monotonic() < deadline, "the TCP connection stayed open"
             await asyncio.sleep(0.02)
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 5)
 
 
 # --- origin policy --------------------------------------------------------------------------
