@@ -95,7 +95,7 @@ class LongPollConnection(asyncio.Protocol):
     """
 
     __slots__ = ("app", "factory", "log", "counters", "transport", "buffer", "after", "timer",
-                 "holding", "first", "active")
+                 "holding", "first", "active", "writing_paused")
 
     def __init__(self, app: web.Application, factory: web.Server, after: int,
                  timeout_s: float) -> None:
@@ -109,6 +109,7 @@ class LongPollConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
         self.holding = False
         self.active = True  # a request came since the last idle sweep
+        self.writing_paused = False  # the client stopped reading its answers
         self.first = (after, timeout_s)  # the request aiohttp routed: served first
 
     # --- asyncio's callbacks -------------------------------------------------------------
@@ -123,38 +124,46 @@ class LongPollConnection(asyncio.Protocol):
         self.buffer += data
         if not self.holding:
             self.next_request()
+        elif len(self.buffer) > MAX_HEAD_BYTES and self.transport is not None:
+            self.transport.pause_reading()  # bounded: more waits in the socket until the answer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.forget()
 
     def pause_writing(self) -> None:  # the client does not read its answers: stop reading
+        self.writing_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 
     # --- requests -----------------------------------------------------------------------
 
     def next_request(self) -> None:
-        """Serve the next request in ``buffer`` if it is a plain long poll; hand it back if not."""
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
-            return  # the rest of the head is on its way
-        request = parse_long_poll(bytes(self.buffer[:end])) if 0 <= end <= MAX_HEAD_BYTES else None
-        if request is None:
-            self.give_back()
-            return
-        del self.buffer[:end + 4]
-        self.active = True
-        self.counters.requests += 1
-        self.counters.bytes_in += end + 4
-        self.serve(*request)
+        """Serve the requests waiting in ``buffer`` in order, until one is held or incomplete;
+        the first that is not a plain long poll goes back to aiohttp with the rest."""
+        while not self.holding and self.transport is not None:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
+                break  # the rest of the head is on its way
+            request = parse_long_poll(bytes(self.buffer[:end])) if 0 <= end <= MAX_HEAD_BYTES \
+                else None
+            if request is None:
+                self.give_back()
+                return
+            del self.buffer[:end + 4]
+            self.active = True
+            self.counters.requests += 1
+            self.counters.bytes_in += end + 4
+            self.serve(*request)
+        if not self.holding and not self.writing_paused and self.transport is not None:
+            self.transport.resume_reading()  # if a held request had paused it
 
     def serve(self, after: int, timeout_s: float) -> None:
         """The long poll: answer now if the log has something newer, or hold it."""
-        self.cancel_timer()
         page = self.log.read(after)
         if page.events or page.gap or timeout_s <= 0:
             self.answer(page)
@@ -167,14 +176,19 @@ class LongPollConnection(asyncio.Protocol):
 
     def wake(self) -> None:
         """Called by the log on publish: there is something newer than the cursor."""
+        self.cancel_timer()
         self.release()
         self.answer(self.log.read(self.after))
+        if self.buffer:  # requests that came while this one was held
+            self.next_request()
 
     def time_out(self) -> None:
         self.timer = None
         self.log.unhold(self.wake)
         self.release()
         self.answer(self.log.read(self.after))
+        if self.buffer:
+            self.next_request()
 
     def release(self) -> None:
         if self.holding:
@@ -194,9 +208,6 @@ class LongPollConnection(asyncio.Protocol):
         counters.messages_out += len(page.events)
         if not page.events:
             counters.empty += 1
-        self.cancel_timer()
-        if self.buffer:
-            self.next_request()
 
     def give_back(self) -> None:
         """Not a request this path serves: aiohttp gets the connection and the bytes."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -300,3 +301,42 @@ def test_a_browser_long_polls_through_the_hub_proxy(jupyter_proxy: Any,
                                                     browser_page: Any) -> None:
     with labserver.start() as srv:
         browser_long_polls(srv, browser_page, jupyter_proxy.url_for(srv.port))
+
+
+async def test_thousands_of_pipelined_polls_are_answered_in_order(srv: labserver.Server) -> None:
+    await srv.apublish("one")
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    count = 3000  # answered one after another in a loop, not by recursion
+    http.send(b"GET /long-poll?after=0&timeout=5 HTTP/1.1\r\nHost: x\r\n\r\n" * count)
+    answers = [await http.response() for _ in range(count)]
+    assert all(status == 200 and json.loads(body)["last_id"] == 1
+               for status, _, body in answers)
+    http.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+async def test_bytes_sent_while_a_poll_is_held_are_bounded(srv: labserver.Server) -> None:
+    http = await Http.open(srv)
+    assert not (await http.poll("/long-poll?after=0&timeout=0"))[1]
+    rss_before = rss_kib(srv.pid)
+    http.get("/long-poll?after=0&timeout=30")
+    junk = b"x" * 65536
+    for _ in range(300):  # about 20 MB that is no request: the server stops reading it
+        http.send(junk)
+        try:
+            await asyncio.wait_for(http.writer.drain(), 0.05)
+        except TimeoutError:
+            break  # the socket buffers are full: the server is not reading
+    assert rss_kib(srv.pid) - rss_before < 8 * 1024  # nothing piled up in the server
+    await srv.apublish("answers the held poll")
+    status, headers, body = await http.response()
+    assert status == 200 and json.loads(body)["last_id"] == 1 and "server" not in headers
+    status, headers, _ = await http.response(timeout_s=10)  # the junk: aiohttp refuses it
+    assert status in (400, 431) and "server" in headers
+    http.close()
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
