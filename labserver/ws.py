@@ -116,7 +116,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     if request.protocol._message_tail:  # bytes after the request, before our 101
         raise bad_request("a client must wait for the handshake's answer before sending "
                           "frames (RFC 6455 section 4.1)")
-    deflate = wsframes.negotiate_deflate(request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS))
+    offers = ", ".join(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()))  # §9.1: may
+    deflate = wsframes.negotiate_deflate(offers)  # come in several header lines, as one list
     handshake = wsframes.handshake_response(key, deflate.response if deflate else None)
     connection = WebSocketConnection(app, client_address(request), handshake, after, every_s,
                                      Deflate(deflate) if deflate else None)

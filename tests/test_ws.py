@@ -874,6 +874,19 @@ async def test_unreadable_deflate_offer_is_declined_not_an_error(srv: labserver.
     raw.close()
 
 
+async def test_extension_offers_on_several_header_lines_are_one_list(srv: labserver.Server) -> None:
+    """RFC 6455 §9.1: ``Sec-WebSocket-Extensions`` may be repeated; the lines make one list."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    request = handshake_request(srv).replace(
+        b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: x-unknown-extension"
+                     b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n")
+    raw = RawSocket(reader, writer)
+    raw.write(request)
+    status, headers, _ = await raw.read_response()
+    raw.close()
+    assert status == 101 and headers["sec-websocket-extensions"] == "permessage-deflate"
+
+
 @pytest.mark.parametrize(
     ("offer", "answer"),
     [
