@@ -108,7 +108,7 @@ class LongPollConnection(asyncio.Protocol):
         self.after = after
         self.timer: asyncio.TimerHandle | None = None
         self.holding = False
-        self.active = True  # a request came since the last idle sweep
+        self.active = True  # a request or an answer since the last idle sweep
         self.writing_paused = False  # the client stopped reading its answers
         self.first = (after, timeout_s)  # the request aiohttp routed: served first
 
@@ -203,6 +203,7 @@ class LongPollConnection(asyncio.Protocol):
         body = page.to_bytes()
         data = response_head(len(body)) + body
         transport.write(data)
+        self.active = True  # an answer is activity too: its client is about to ask again
         counters = self.counters
         counters.bytes_out += len(data)
         counters.messages_out += len(page.events)
@@ -255,8 +256,8 @@ def response_head(length: int) -> bytes:
 
 
 async def close_idle(app: web.Application) -> AsyncIterator[None]:
-    """Every :data:`KEEPALIVE_S`: close the connections that held nothing and sent no request
-    since the last sweep (idle for one to two periods)."""
+    """Every :data:`KEEPALIVE_S`: close the connections that held nothing and had no request
+    and no answer since the last sweep (idle for one to two periods)."""
 
     async def sweep() -> None:
         while True:

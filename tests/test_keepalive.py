@@ -256,7 +256,7 @@ async def test_idle_connections_are_closed_by_one_sweep(monkeypatch: pytest.Monk
         assert await asyncio.wait_for(idle.reader.read(), 2) == b""  # closed when idle
         status, _, body = await held.response()
         assert status == 200 and json.loads(body)["events"] == []  # its timeout, not a sweep
-        assert len(app[keepalive.OPEN]) == 1
+        assert len(app[keepalive.OPEN]) == 1  # an answer is activity: not closed at once
 
 
 #: A page's long-poll loop with a relative URL: each answer's ``Server`` header and event ids.
