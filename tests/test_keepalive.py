@@ -330,11 +330,17 @@ async def test_bytes_sent_while_a_poll_is_held_are_bounded(srv: labserver.Server
             break  # the socket buffers are full: the server is not reading
     assert rss_kib(srv.pid) - rss_before < 8 * 1024  # nothing piled up in the server
     await srv.apublish("answers the held poll")
-    status, headers, body = await http.response()
-    assert status == 200 and json.loads(body)["last_id"] == 1 and "server" not in headers
-    status, headers, _ = await http.response(timeout_s=10)  # the junk: aiohttp refuses it
-    assert status in (400, 431) and "server" in headers
+    # The held poll is answered; then the junk goes to aiohttp, which refuses it and closes the
+    # connection (with a reset, since the client still has bytes on the way: what the client
+    # reads depends on timing, so the server's counters tell).
+    deadline = time.monotonic() + 5
+    while long_poll_stats(srv)["messages_out"] != 1:
+        assert time.monotonic() < deadline, "the held poll was not answered"
+        await asyncio.sleep(0.02)
     http.close()
+    async with aiohttp.ClientSession() as session:  # and the server goes on
+        async with session.get(f"{srv.url}/long-poll?after=0&timeout=5") as response:
+            assert (await response.json())["last_id"] == 1
 
 
 def rss_kib(pid: int) -> int:
