@@ -28,12 +28,20 @@ from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
 from .takeover import can_take_over, take_over
 
 
+def cursor(text: str) -> int | None:
+    """An event id or cursor: ASCII digits, at most 18 (a 64-bit integer); ``None`` if not.
+    (``str.isdigit`` alone also takes "²", which ``int`` refuses.)"""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
+
+
 def parse_after(request: web.Request) -> int:
     """The client's cursor: ``after`` must be a non-negative integer (default 0)."""
-    text = request.query.get("after", "0")
-    if not text.isdigit() or len(text) > 18:
+    after = cursor(request.query.get("after", "0"))
+    if after is None:
         raise bad_request("after must be a non-negative integer")
-    return int(text)
+    return after
 
 
 def parse_timeout_s(request: web.Request) -> float:

@@ -69,6 +69,7 @@ def test_long_poll_bytes_are_counted_at_the_socket(srv: labserver.Server) -> Non
         ("/poll?after=abc", "after must be a non-negative integer"),
         ("/poll?after=1.5", "after must be a non-negative integer"),
         ("/long-poll?after=x", "after must be a non-negative integer"),
+        ("/poll?after=%C2%B2", "after must be a non-negative integer"),  # "²" isdigit(), no int
         ("/long-poll?timeout=61", "timeout must be between 0 and 60 seconds"),
         ("/long-poll?timeout=-1", "timeout must be between 0 and 60 seconds"),
         ("/long-poll?timeout=nan", "timeout must be between 0 and 60 seconds"),
