@@ -329,6 +329,18 @@ class Client(asyncio.Protocol):
     def opening(self) -> bytes:
         raise NotImplementedError
 
+    def head_end(self, buf: bytes, status_line: bytes) -> int | None:
+        """Where the response head in ``buf`` ends, once it is whole and starts with
+        ``status_line``; ``None`` (the bytes kept, or ``ready`` failed) until then."""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self.buf = buf
+            return None
+        if not buf.startswith(status_line):
+            self.ready.set_exception(ConnectionError(buf[:200].decode("latin-1")))
+            return None
+        return end
+
     def close(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -365,12 +377,8 @@ class WSClient(Client):
         buf = self.buf + data if self.buf else data
         pos = 0
         if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                self.ready.set_exception(ConnectionError(buf[:200].decode("latin-1")))
+            end = self.head_end(buf, b"HTTP/1.1 101")
+            if end is None:
                 return
             self.upgraded = True
             self.on_open()
@@ -440,12 +448,8 @@ class SSEClient(Client):
         self.bytes_in += len(data)
         buf = self.buf + data if self.buf else data
         if not self.ready.done():
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 200"):
-                self.ready.set_exception(ConnectionError(buf[:200].decode("latin-1")))
+            end = self.head_end(buf, b"HTTP/1.1 200")
+            if end is None:
                 return
             if b"retry:" not in buf[end:]:
                 self.buf = buf

@@ -43,6 +43,7 @@ scale-out) can replace :class:`MemoryLog` without touching them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections import deque
@@ -251,8 +252,7 @@ class MemoryLog:
         self._published = 0
         self._subscriptions: set[Subscription] = set()
         self._changed = asyncio.Event()
-        self._waiters: set[asyncio.Future[None]] = set()  # long polls held by wait()
-        self._held: set[Callable[[], None]] = set()  # long polls held by hold()
+        self._held: set[Callable[[], None]] = set()  # long polls held: wait() and hold()
         self._pages: dict[int, Page] = {}  # read(after) for the current last id, by cursor
 
     @property
@@ -282,10 +282,6 @@ class MemoryLog:
         for sub in tuple(self._subscriptions):
             sub.offer(event)
         # Wake every held long poll, then arm a fresh Event for the next publish.
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
         held, self._held = self._held, set()
         for wake in held:
             wake()
@@ -324,13 +320,14 @@ class MemoryLog:
                 return self.read(after)
             # One future per held request, resolved by the next append(): no task per waiter.
             woken: asyncio.Future[None] = loop.create_future()
-            self._waiters.add(woken)
-            timer = loop.call_later(remaining, _resolve, woken)
+            wake = functools.partial(_resolve, woken)
+            self.hold(wake)
+            timer = loop.call_later(remaining, wake)
             try:
                 await woken
             finally:
                 timer.cancel()
-                self._waiters.discard(woken)
+                self.unhold(wake)
             page = self.read(after)
             if page.events or page.gap:
                 return page

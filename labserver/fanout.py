@@ -24,24 +24,22 @@ from .events import Event
 class SocketWriter:
     """One client's writer: ``writer(event)`` writes ``wire(event)``; ``False`` = too slow."""
 
-    __slots__ = ("wire", "counters", "limit", "closed", "write", "is_closing", "unsent",
-                 "wrote")
+    __slots__ = ("wire", "counters", "limit", "write", "is_closing", "unsent", "wrote")
 
     def __init__(
         self, transport: asyncio.Transport, wire: Callable[[Event], bytes], queue_size: int,
-        counters: TransportCounters, closed: Callable[[], bool] | None = None,
+        counters: TransportCounters,
     ) -> None:
         self.wire = wire  # a module-level function: the cache key of Event.encoded
         self.counters = counters
         self.limit = queue_size
-        self.closed = closed  # e.g. "a Close frame was sent": no data may follow it
         self.write = transport.write  # bound once: this runs for every client of every event
         self.is_closing = transport.is_closing
         self.unsent = transport.get_write_buffer_size
         self.wrote = False  # set on every write; SSE's heartbeat clears it
 
     def __call__(self, event: Event) -> bool:
-        if self.is_closing() or (self.closed is not None and self.closed()):
+        if self.is_closing():
             return True  # the connection is ending: its handler unsubscribes it
         data = event.encoded(self.wire)
         self.write(data)

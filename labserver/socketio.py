@@ -51,7 +51,6 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
 
@@ -174,7 +173,7 @@ class LabAsyncServer(socketio.AsyncServer):
         # python-engineio picks its WebSocket class from this table (a copy: the driver's
         # own table stays as it is); FanOutWebSocket lets the fan-out write to the socket.
         self.eio._async = {**self.eio._async, "websocket": FanOutWebSocket}
-        self._tracked: dict[str, AbstractContextManager[None]] = {}
+        self._tracked: dict[str, int] = {}  # session id → its key in app[CONNECTIONS]
         self._upgrades: dict[str, web.Request] = {}  # session id → its WebSocket upgrade
 
     @property
@@ -187,9 +186,7 @@ class LabAsyncServer(socketio.AsyncServer):
         async def close() -> None:
             await self.drop_connection(eio_sid, "dropped by POST /drop")
 
-        tracked = self.app[CONNECTIONS].track("socketio", close)
-        tracked.__enter__()
-        self._tracked[eio_sid] = tracked
+        self._tracked[eio_sid] = self.app[CONNECTIONS].add("socketio", close)
         self.counters.open += 1
         return result
 
@@ -203,9 +200,9 @@ class LabAsyncServer(socketio.AsyncServer):
         try:
             await super()._handle_eio_disconnect(eio_sid, reason)
         finally:
-            tracked = self._tracked.pop(eio_sid, None)
-            if tracked is not None:
-                tracked.__exit__(None, None, None)
+            key = self._tracked.pop(eio_sid, None)
+            if key is not None:
+                self.app[CONNECTIONS].discard("socketio", key)
                 self.counters.open -= 1
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:

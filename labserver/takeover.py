@@ -13,7 +13,7 @@ connection once aiohttp has routed and checked its request:
 
 Both use public asyncio calls only: ``connect_accepted_socket`` on a copy of the socket's
 file descriptor, ``set_protocol`` on a transport. What they must know of aiohttp — that it
-holds no unread bytes (:func:`can_take_over`), and which factory makes its connections — is
+holds no unread bytes (:func:`holds_more`), and which factory makes its connections — is
 checked here, against the pinned aiohttp version.
 """
 
@@ -28,12 +28,18 @@ from aiohttp import web
 from .counters import CountingRequestHandler
 
 
-def can_take_over(request: web.Request) -> bool:
-    """True when aiohttp holds no byte of the connection beyond this request's head: no body,
-    no pipelined request, no frame sent ahead of the handshake's answer."""
+def holds_more(request: web.Request) -> bool:
+    """True when aiohttp has read bytes of the connection past this request: a pipelined
+    request, or (after an upgrade request) data the client sent ahead of the answer."""
     protocol = request.protocol
-    return (isinstance(protocol, CountingRequestHandler) and not request.can_read_body
-            and not protocol._message_tail and not protocol._messages)
+    return bool(protocol._message_tail or protocol._messages)
+
+
+def can_take_over(request: web.Request) -> bool:
+    """True when the connection can leave aiohttp and come back (:func:`hand_back`): made by
+    labserver's server, and aiohttp holds nothing of it beyond this request's head."""
+    return (isinstance(request.protocol, CountingRequestHandler) and not request.can_read_body
+            and not holds_more(request))
 
 
 async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:

@@ -57,7 +57,7 @@ from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .polling import parse_after
-from .takeover import take_over
+from .takeover import holds_more, take_over
 from .whoami import client_address, request_host
 from .whoami import setup as setup_whoami
 from .wsframes import (
@@ -113,7 +113,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         return json_error(400, "GET /ws needs a WebSocket upgrade (Upgrade: websocket, "
                                "Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)",
                           {hdrs.SEC_WEBSOCKET_VERSION: "13"})  # §4.4: the version we speak
-    if request.protocol._message_tail:  # bytes after the request, before our 101
+    if holds_more(request):  # bytes after the request, before our 101
         raise bad_request("a client must wait for the handshake's answer before sending "
                           "frames (RFC 6455 section 4.1)")
     offers = ", ".join(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()))  # §9.1: may
