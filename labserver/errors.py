@@ -30,19 +30,37 @@ def bad_request(reason: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": reason}), content_type="application/json")
 
 
+def cursor(text: str) -> int | None:
+    """An event id or cursor: ASCII digits, at most 18 (a 64-bit integer); ``None`` if not.
+    (``str.isdigit`` alone also takes "²", which ``int`` refuses.)"""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text)
+
+
+def seconds_between(text: str, low_s: float, high_s: float) -> float | None:
+    """A finite number of seconds in [low_s, high_s]; ``None`` if ``text`` is not one."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and low_s <= seconds <= high_s else None
+
+
 def query_seconds(request: web.Request, name: str, low_s: float, high_s: float,
                   default_s: float | None = None) -> float | None:
     """A query parameter that is a number of seconds in [low_s, high_s]; 400 otherwise."""
     text = request.query.get(name)
     if text is None:
         return default_s
+    seconds = seconds_between(text, low_s, high_s)
+    if seconds is not None:
+        return seconds
     try:
-        seconds = float(text)
+        float(text)
     except ValueError:
         raise bad_request(f"{name} must be a number of seconds") from None
-    if not math.isfinite(seconds) or not low_s <= seconds <= high_s:
-        raise bad_request(f"{name} must be between {low_s:g} and {high_s:g} seconds")
-    return seconds
+    raise bad_request(f"{name} must be between {low_s:g} and {high_s:g} seconds")
 
 
 _REASONS = {

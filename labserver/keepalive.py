@@ -26,7 +26,6 @@ events delivered, empty answers, and the ``open`` gauge while a request is held.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
@@ -34,6 +33,7 @@ from email.utils import formatdate
 from aiohttp import web
 
 from .counters import TransportCounters
+from .errors import cursor, seconds_between
 from .events import EventLog, Page
 from .keys import COUNTERS, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
@@ -61,7 +61,7 @@ def parse_long_poll(head: bytes) -> tuple[int, float] | None:
         return None
     for line in header_lines:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not name.isalnum() and not name.replace(b"-", b"").isalnum():
+        if not colon or not name.replace(b"-", b"").isalnum():
             return None  # folded, malformed or odd headers: aiohttp's parser decides
         name = name.lower()
         if name in (b"transfer-encoding", b"upgrade", b"expect") or (
@@ -74,18 +74,13 @@ def parse_long_poll(head: bytes) -> tuple[int, float] | None:
         if key in params or b"%" in pair or b"+" in pair:
             return None
         params[key] = value
-    after = params.get(b"after", b"0")
-    if not after.isdigit() or len(after) > 18:
-        return None
-    timeout_s = LONG_POLL_DEFAULT_S
+    after = cursor(params.get(b"after", b"0").decode("latin-1"))
+    timeout_s: float | None = LONG_POLL_DEFAULT_S
     if b"timeout" in params:
-        try:
-            timeout_s = float(params[b"timeout"])
-        except ValueError:
-            return None
-        if not math.isfinite(timeout_s) or not 0 <= timeout_s <= LONG_POLL_MAX_S:
-            return None
-    return int(after), timeout_s
+        timeout_s = seconds_between(params[b"timeout"].decode("latin-1"), 0, LONG_POLL_MAX_S)
+    if after is None or timeout_s is None:
+        return None  # aiohttp's route answers it: 400 with the reason
+    return after, timeout_s
 
 
 class LongPollConnection(asyncio.Protocol):

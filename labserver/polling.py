@@ -19,21 +19,13 @@ from __future__ import annotations
 from aiohttp import web
 
 from .counters import open_gauge
-from .errors import bad_request, query_seconds
+from .errors import bad_request, cursor, query_seconds
 from .events import Page
 from .keepalive import LongPollConnection
 from .keepalive import setup as setup_keepalive
 from .keys import COUNTERS, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
 from .takeover import can_take_over, take_over
-
-
-def cursor(text: str) -> int | None:
-    """An event id or cursor: ASCII digits, at most 18 (a 64-bit integer); ``None`` if not.
-    (``str.isdigit`` alone also takes "²", which ``int`` refuses.)"""
-    if not (text.isascii() and text.isdigit()) or len(text) > 18:
-        return None
-    return int(text)
 
 
 def parse_after(request: web.Request) -> int:

@@ -59,7 +59,7 @@ import logging
 from aiohttp import web
 
 from .counters import TransportCounters, open_gauge
-from .errors import bad_request
+from .errors import bad_request, cursor
 from .events import Event, EventLog, Subscription
 from .fanout import SocketWriter
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
@@ -84,8 +84,6 @@ STREAM_HEADERS = {
 #: last chunk in microseconds; one that has not within half a second is not reading and its
 #: connection is aborted. ``stop()`` must finish within about a second, so this stays short.
 CLOSE_TIMEOUT_S = 0.5
-#: Ids are integers; 18 digits keep them within a 64-bit integer.
-MAX_ID_DIGITS = 18
 
 
 def encode_block(
@@ -135,10 +133,10 @@ def parse_last_event_id(request: web.Request) -> int | None:
     ):
         if text is None or not text.strip():
             continue
-        text = text.strip()
-        if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS:
+        event_id = cursor(text.strip())
+        if event_id is None:
             raise bad_request(f"{source} must be a non-negative integer (an event id)")
-        return int(text)
+        return event_id
     return None
 
 
