@@ -126,6 +126,13 @@ def redis_server_path() -> str:
     return require("redis-server", shutil.which("redis-server"))
 
 
+@pytest.fixture(scope="session")
+def nginx_path() -> str:
+    from labserver.nginx import find_nginx
+
+    return require("nginx", find_nginx())
+
+
 #: Notebooks that need a tool besides Python, and the tool.
 NOTEBOOK_NEEDS = {"07_scale_out.ipynb": "redis-server"}
 

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: conda-forge names that differ from PyPI's.
 CONDA_TO_PYPI = {"redis-py": "redis"}
 #: conda packages that are not Python dependencies: the interpreter, Node (to refresh the
-#: vendored socket.io client), the Redis server for scale-out.
-NOT_FROM_PYPI = {"python", "nodejs", "redis-server"}
+#: vendored socket.io client), the Redis server for scale-out, nginx in front of the nodes.
+NOT_FROM_PYPI = {"python", "nodejs", "redis-server", "nginx"}
 
 
 def pyproject_pins() -> dict[str, str]:
