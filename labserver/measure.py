@@ -7,7 +7,8 @@ arrived (``time.time()``, the same clock as the event's ``ts``, since server and
 one machine): latency is ``received - ts``.
 
 Nothing here talks to a transport: the client code a learner should read stays in the
-notebook cells.
+notebook cells. :func:`drive` runs such a client against the workload (the plumbing of
+``01_polling``): the client gets a :class:`ClientRun` to record into, the driver publishes.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from .counters import stats_diff
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,13 @@ class Publisher(Protocol):
     async def apublish(self, data: Any) -> int: ...
 
 
-async def publish_workload(srv: Publisher, workload: Workload = WORKLOAD) -> list[int]:
-    """Publish the workload at its fixed rate (not drifting: each publish has its slot)."""
+async def publish_workload(srv: Publisher, workload: Workload | None = None) -> list[int]:
+    """Publish the workload at its fixed rate (not drifting: each publish has its slot).
+
+    Without ``workload``, :data:`WORKLOAD` as it is *now* (looked up at the call, not when this
+    module was imported), so ``labserver.measure.WORKLOAD = Workload(...)`` takes effect.
+    """
+    workload = workload if workload is not None else WORKLOAD
     loop = asyncio.get_running_loop()
     start = loop.time()
     ids = []
@@ -101,3 +109,70 @@ def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
     xs = sorted(values)
     n = len(xs)
     return xs, [(i + 1) / n for i in range(n)]
+
+
+# --- one lesson client against the workload --------------------------------------------------
+
+
+class StatsPublisher(Publisher, Protocol):
+    async def astats(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class ClientRun:
+    """What :func:`drive` gives a client, and what the client records into it."""
+
+    after: int  # the last event id before the run: the client's first cursor
+    last_id: int | None = None  # the run's last event, set once it is published
+    deliveries: Deliveries = field(default_factory=Deliveries)
+    #: one ``(sent, answered, events carried)`` per request, in ``time.time()`` seconds
+    requests: list[tuple[float, float, int]] = field(default_factory=list)
+    t0: float = 0.0  # when publishing started
+    ids: list[int] = field(default_factory=list)  # the ids published
+    stats: dict[str, Any] = field(default_factory=dict)  # the server's counters of this run
+
+    def wants_more(self, after: int) -> bool:
+        """True until a cursor ``after`` has reached the run's last event."""
+        return self.last_id is None or after < self.last_id
+
+    def record(self, sent: float, page: dict[str, Any]) -> None:
+        """One answer ``{"events": [...], ...}`` to a request sent at ``sent``, received now."""
+        received = time.time()
+        self.requests.append((sent, received, len(page["events"])))
+        for event in page["events"]:
+            self.deliveries.record(event, received)
+
+
+#: Seconds a client may take, after the last publish, to receive everything.
+DRIVE_GRACE_S = 10.0
+
+
+async def drive(
+    srv: StatsPublisher, client: Callable[..., Awaitable[None]], *,
+    workload: Workload | None = None, start_after_s: float = 0.0, **options: Any,
+) -> ClientRun:
+    """Run ``client(run, **options)`` while the workload is published; return its record.
+
+    The client starts ``start_after_s`` seconds after the first publish and returns once its
+    cursor reaches ``run.last_id``. Raises ``AssertionError`` unless it received every event
+    exactly once, in order; ``run.stats`` holds the server's counters for this run alone.
+    """
+    before = await srv.astats()
+    run = ClientRun(after=before["events"]["last_id"])
+
+    async def start_later() -> None:
+        await asyncio.sleep(start_after_s)
+        await client(run, **options)
+
+    task = asyncio.create_task(start_later())
+    try:
+        run.t0 = time.time()
+        run.ids = await publish_workload(srv, workload)
+        run.last_id = run.ids[-1]
+        await asyncio.wait_for(task, DRIVE_GRACE_S)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    run.stats = stats_diff(before, await srv.astats())
+    assert run.deliveries.ids == run.ids, "every event exactly once, in order"
+    return run

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
+import aiohttp
 import pytest
 import socketio
 
 import labserver
+from labserver import measure
 from labserver.clients import CLIENTS, run_side_by_side, run_workload
 from labserver.measure import Workload
 
@@ -136,3 +139,52 @@ def event_json_sizes(result) -> list[int]:
     first = result.deliveries[0]
     return [len(json.dumps({"id": i, "data": SMALL.payload(n), "ts": ts}, separators=(",", ":")))
             for n, (i, ts) in enumerate(zip(first.ids, first.sent_ts, strict=True))]
+
+
+# --- labserver.measure: the workload default and the lesson driver (01_polling) --------------
+
+
+async def test_publish_workload_reads_workload_when_called(srv: labserver.Server,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebinding ``labserver.measure.WORKLOAD`` changes what ``publish_workload()`` publishes
+    (01's exercise relies on it; a default bound at import time would ignore it)."""
+    monkeypatch.setattr(measure, "WORKLOAD", Workload(events=3, interval_s=0.01, payload_bytes=5))
+    ids = await measure.publish_workload(srv)
+    assert len(ids) == 3
+    assert srv.stats()["events"]["published"] == 3
+
+
+async def test_drive_runs_a_client_from_its_cursor_to_the_last_event(
+    srv: labserver.Server,
+) -> None:
+    srv.publish({"before": "the run"})  # not part of the run: the client starts after it
+
+    async def poller(run: measure.ClientRun, interval_s: float) -> None:
+        after = run.after
+        async with aiohttp.ClientSession() as session:
+            while run.wants_more(after):
+                sent = time.time()
+                async with session.get(srv.url + "/poll", params={"after": after}) as response:
+                    page = await response.json()
+                run.record(sent, page)
+                after = page["last_id"]
+                await asyncio.sleep(interval_s)
+
+    run = await measure.drive(srv, poller, workload=SMALL, start_after_s=0.01, interval_s=0.005)
+    assert run.ids == list(range(2, 2 + SMALL.events))
+    assert sum(n for _, _, n in run.requests) == SMALL.events
+    assert run.stats["transports"]["poll"]["requests"] == len(run.requests)
+    assert all(sent >= run.t0 + 0.01 for sent, _, _ in run.requests)
+
+
+async def test_drive_fails_when_the_client_loses_an_event(srv: labserver.Server) -> None:
+    async def skips_the_first(run: measure.ClientRun) -> None:
+        async with aiohttp.ClientSession() as session:
+            while run.last_id is None:
+                await asyncio.sleep(0.01)
+            url = srv.url + "/poll"
+            async with session.get(url, params={"after": run.after + 1}) as response:
+                run.record(time.time(), await response.json())
+
+    with pytest.raises(AssertionError, match="every event exactly once"):
+        await measure.drive(srv, skips_the_first, workload=SMALL)
