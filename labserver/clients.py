@@ -7,10 +7,11 @@ module is the experiment that turns the adjectives into numbers: the *same* work
 several clients over one transport at a time, and the server's own counters (requests, bytes
 counted at the socket, connections open) for that one experiment.
 
-Read first: the six clients, one per transport — :func:`short_poll`, :func:`long_poll`,
+Read first: the clients, one per transport — :func:`short_poll`, :func:`long_poll`,
 :func:`sse`, :func:`ws` (aiohttp) and :func:`socketio_websocket`, :func:`socketio_polling`
-(python-socketio's ``AsyncClient``). Each is the loop a learner would write, and each does the
-same three things with the :class:`Job` the driver gives it: connect and say so
+(python-socketio's ``AsyncClient``), and :func:`socketio_by_hand`, the same Socket.IO packets
+read on aiohttp's WebSocket without the library. Each is the loop a learner would write, and
+each does the same three things with the :class:`Job` the driver gives it: connect and say so
 (``job.connected.set()``), record every event it receives (``job.record(event)``), and once it
 has them all, keep its connection open until the driver lets go (``await job.finished()``), so
 that the counters are read before anything closes. Every client starts from the same cursor
@@ -39,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -201,6 +203,24 @@ async def socketio_polling(url: str, job: Job) -> None:
     await socketio_client(url, job, None)
 
 
+async def socketio_by_hand(url: str, job: Job) -> None:
+    """Socket.IO without a library: Engine.IO 4 and Socket.IO 5 packets on aiohttp's WebSocket."""
+    ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as sock:
+        await sock.receive_str()                             # 0{"sid":…}: Engine.IO open
+        await sock.send_str("40" + json.dumps({"after": job.after}))  # connect to "/", auth
+        await sock.receive_str()                             # 40{"sid":…}: connected
+        job.connected.set()
+        async for msg in sock:
+            if msg.data == "2":                              # Engine.IO ping: answer pong
+                await sock.send_str("3")
+            elif msg.data.startswith('42["news",'):          # message (4) + event (2)
+                job.record(json.loads(msg.data[2:])[1])
+            if job.done:
+                break
+        await job.finished()
+
+
 Client = Callable[..., Awaitable[None]]
 
 #: Every transport of the lesson: its client, and the name its counters go under in ``/stats``.
@@ -211,6 +231,7 @@ CLIENTS: dict[str, tuple[Client, str]] = {
     "ws": (ws, "ws"),
     "socketio_ws": (socketio_websocket, "socketio"),
     "socketio_polling": (socketio_polling, "socketio"),
+    "socketio_by_hand": (socketio_by_hand, "socketio"),
 }
 
 
@@ -388,3 +409,67 @@ async def _settled(srv: Stats, before: dict[str, Any], counters: list[str],
                for c in counters) or loop.time() > deadline:
             return now
         await asyncio.sleep(0.02)
+
+
+# --- a browser's poll, measured -------------------------------------------------------------
+
+#: What Chromium's poll asks, from a page of the server, without cookies (see
+#: :data:`CHROMIUM_POLL_REQUEST_BYTES` and :func:`chromium_poll_request`).
+FETCH_POLL = """async () => {
+    const resp = await fetch("poll?after=0", {credentials: "omit"});
+    return [resp.status, (await resp.text()).length];   // the body is ASCII JSON
+}"""
+
+
+@dataclass(frozen=True)
+class BrowserRequest:
+    """One ``GET /poll`` sent by headless Chromium, as the server counted it at its socket."""
+
+    request_bytes: int  # request line and headers (a GET has no body): the server's bytes_in
+    response_bytes: int  # the answer, headers and body: the server's bytes_out
+    body_bytes: int  # the answer's body, as the page received it
+    header_names: tuple[str, ...]  # the request's header names, as Chromium sent them, sorted
+
+    @property
+    def response_header_bytes(self) -> int:
+        return self.response_bytes - self.body_bytes
+
+
+async def chromium_poll_request(srv: Stats) -> BrowserRequest:
+    """Open the server's index page in headless Chromium and ``fetch()`` one empty poll.
+
+    The same request a page that polls sends, measured in the run: the lesson compares it
+    with HPBN's ~800 bytes instead of quoting a constant. Needs Debian's ``chromium`` and
+    Playwright (``RuntimeError`` without them; never a downloaded browser).
+    """
+    from .screenshot import CHROMIUM_ARGS, find_chromium
+
+    chromium = find_chromium()
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        chromium = None
+    if chromium is None:
+        raise RuntimeError("measuring a browser's request needs chromium and playwright "
+                           "(apt-get install chromium; pip install playwright)")
+    with tempfile.TemporaryDirectory() as profile:
+        async with async_playwright() as p:
+            context = await p.chromium.launch_persistent_context(
+                profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = await context.new_page()
+                await page.goto(srv.url + "/", wait_until="load")
+                before = await srv.astats()
+                async with page.expect_request(lambda r: "/poll?" in r.url) as request:
+                    status, body_bytes = await page.evaluate(FETCH_POLL)
+                headers = await (await request.value).all_headers()
+            finally:
+                await context.close()
+    used = stats_diff(before, await srv.astats())["transports"]["poll"]
+    if status != 200 or used["requests"] != 1:
+        raise RuntimeError(f"expected one answered poll, got {used['requests']} ({status})")
+    return BrowserRequest(
+        request_bytes=used["bytes_in"], response_bytes=used["bytes_out"],
+        body_bytes=body_bytes,
+        header_names=tuple(sorted(headers)),
+    )

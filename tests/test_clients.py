@@ -134,6 +134,28 @@ async def test_a_client_that_cannot_connect_fails_the_run_at_once(make_server) -
     assert fallback.complete()
 
 
+async def test_socketio_by_hand_reads_the_same_frames_as_the_library(
+        srv: labserver.Server) -> None:
+    library = await run_workload(srv, "socketio_ws", 2, SMALL)
+    by_hand = await run_workload(srv, "socketio_by_hand", 2, SMALL)
+    assert by_hand.complete() and by_hand.requests == 2 and by_hand.held == 2
+    # The same packets on the wire: 42["news",<event>] in a frame, whoever reads them.
+    per_event = [r.streaming["bytes_out"] / r.delivered - r.event_json_bytes
+                 for r in (library, by_hand)]
+    assert abs(per_event[0] - per_event[1]) < 0.01 and by_hand.streaming["bytes_in"] == 0
+
+
+async def test_chromium_poll_request_is_measured_at_the_socket(
+        srv: labserver.Server, chromium_path: str) -> None:
+    from labserver.clients import CHROMIUM_POLL_REQUEST_BYTES, chromium_poll_request
+
+    browser = await chromium_poll_request(srv)
+    low, high = CHROMIUM_POLL_REQUEST_BYTES
+    assert low <= browser.request_bytes <= high
+    assert {"user-agent", "sec-fetch-mode", "referer", "host"} <= set(browser.header_names)
+    assert browser.body_bytes > 0 and 100 <= browser.response_header_bytes <= 250
+    assert srv.stats()["transports"]["poll"]["requests"] == 1  # the page itself polls nothing
+
 def event_json_sizes(result) -> list[int]:
     """Each event's JSON as the server serialised it (``Event.create``)."""
     first = result.deliveries[0]
