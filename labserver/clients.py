@@ -373,6 +373,31 @@ async def run_side_by_side(
     return results
 
 
+async def run_together(srv: Stats, clients: dict[str, Client],
+                       workload: Workload = WORKLOAD) -> dict[str, Deliveries]:
+    """Clients of any transports on one stream of events: what each one received, and when.
+
+    No counters (two Socket.IO clients would share theirs): this is for latencies compared
+    event by event, every event published once and received by every client, so that the
+    difference between two clients is theirs and not the publisher's or the machine's moment.
+    """
+    before = await srv.astats()
+    release = asyncio.Event()
+    jobs = {name: Job(before["events"]["last_id"], workload.events, release) for name in clients}
+    tasks = [asyncio.create_task(client(srv.url, jobs[name])) for name, client in clients.items()]
+    try:
+        await _until(tasks, [job.connected for job in jobs.values()], 10)
+        await publish_workload(srv, workload)
+        await _until(tasks, [job.received_all for job in jobs.values()], DELIVERY_GRACE_S)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {name: job.deliveries for name, job in jobs.items()}
+
+
 async def _stats_after(srv: Stats, delay_s: float) -> dict[str, Any]:
     await asyncio.sleep(delay_s)
     return await srv.astats()

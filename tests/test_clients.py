@@ -210,3 +210,14 @@ async def test_drive_fails_when_the_client_loses_an_event(srv: labserver.Server)
 
     with pytest.raises(AssertionError, match="every event exactly once"):
         await measure.drive(srv, skips_the_first, workload=SMALL)
+
+
+async def test_run_together_gives_every_client_the_same_events(srv: labserver.Server) -> None:
+    from labserver.clients import run_together, socketio_by_hand, socketio_websocket, ws
+
+    got = await run_together(srv, {"ws": ws, "by hand": socketio_by_hand,
+                                   "library": socketio_websocket}, SMALL)
+    ids = [d.ids for d in got.values()]
+    assert ids[0] == ids[1] == ids[2] and len(ids[0]) == SMALL.events
+    assert ids[0] == sorted(set(ids[0]))
+    assert srv.stats()["transports"]["socketio"]["messages_out"] == 2 * SMALL.events
