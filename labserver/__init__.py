@@ -13,17 +13,18 @@ its cursors — read its docstring first), ``fanout`` (one write per client), ``
 (connections leave aiohttp after their first request: ``ws``, and ``keepalive`` for long
 polls), ``counters`` (bytes at the socket), ``app`` (the factory), ``options``, ``errors``,
 ``keys``, ``whoami`` (the client's address and proxies), ``process`` (the handle), ``cluster``
-(scale-out on Redis), ``balancer`` (sticky sessions), ``measure`` and ``clients`` (what the
-lessons measure with).
+(scale-out on Redis), ``nginx`` (a real nginx in front of the nodes), ``measure`` and
+``clients`` (what the lessons measure with).
 """
 
 from .app import create_app
 from .counters import stats_diff
 from .events import Event, MemoryLog, Page
+from .nginx import Nginx
 from .options import Options
-from .process import Server, start, start_balancer
+from .process import Server, start
 
 __all__ = [
-    "Event", "MemoryLog", "Options", "Page", "Server",
-    "create_app", "start", "start_balancer", "stats_diff",
+    "Event", "MemoryLog", "Nginx", "Options", "Page", "Server",
+    "create_app", "start", "stats_diff",
 ]

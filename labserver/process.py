@@ -28,8 +28,7 @@ import time
 import urllib.request
 from typing import Any
 
-from .counters import Counters, stats_diff
-from .keys import COUNTERS, OPTIONS
+from .counters import stats_diff
 from .options import Options
 
 #: How long ``start()`` waits for the child to answer before giving up.
@@ -158,16 +157,7 @@ def start(**options: Any) -> Server:
     """Start a labserver in a child process on a free loopback port; return once it answers."""
     opts = Options.from_kwargs(**options)
     config = {name: getattr(opts, name) for name in opts.__dataclass_fields__}
-    return _spawn({"kind": "node", "options": config}, opts)
-
-
-def start_balancer(nodes: list[str], policy: str = "round-robin") -> Server:
-    """Start a load balancer (``balancer.py``) over ``nodes`` in a child process."""
-    from .balancer import POLICIES
-
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {', '.join(POLICIES)}")
-    return _spawn({"kind": "balancer", "nodes": list(nodes), "policy": policy}, Options())
+    return _spawn({"options": config}, opts)
 
 
 def _spawn(config: dict[str, Any], opts: Options) -> Server:
@@ -210,7 +200,6 @@ def _child_main() -> None:
     from aiohttp import web
 
     from .app import create_app, serve
-    from .balancer import balancer_app
 
     config = json.loads(os.environ["LABSERVER_CONFIG"])
     log_path = config["log_path"]
@@ -220,11 +209,6 @@ def _child_main() -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     def make_app() -> web.Application:
-        if config["kind"] == "balancer":
-            app = balancer_app(config["nodes"], config["policy"])
-            app[OPTIONS] = Options()
-            app[COUNTERS] = Counters()  # the runner counts bytes; no transport is charged here
-            return app
         return create_app(**config["options"])
 
     async def main() -> None:
