@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -64,3 +65,33 @@ def test_bad_option_is_a_readable_error() -> None:
     out = subprocess.run([sys.executable, "-m", "labserver", "--log-size", "0"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0 and "log_size must be between" in out.stderr
+
+
+#: The options of DESIGN.md's table ("Options"), and the flag each has on the command line.
+DESIGN_OPTIONS = {
+    "host": "--host", "port": "--port", "tick": "--tick", "log_size": "--log-size",
+    "heartbeat_s": "--heartbeat-s", "retry_ms": "--retry-ms",
+    "max_message_bytes": "--max-message-bytes", "queue_size": "--queue-size",
+    "allowed_origins": "--allowed-origins", "trust_proxy": "--trust-proxy",
+    "socketio_transports": "--socketio-transports", "session_secret": "--session-secret",
+    "publish_token": "--publish-token", "redis_url": "--redis",
+}
+HELP_LINE = re.compile(r"^  (--[a-z-]+)(?: [A-Z[][A-Z .[\]]*)?\s{2,}(\S.*)$")
+
+
+def test_help_describes_every_option_in_one_line() -> None:
+    from dataclasses import fields
+
+    from labserver.options import Options
+
+    assert set(DESIGN_OPTIONS) == {f.name for f in fields(Options)}  # the table is complete
+    out = subprocess.run([sys.executable, "-m", "labserver", "--help"], capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    described = {m.group(1): m.group(2) for line in lines if (m := HELP_LINE.match(line))}
+    for name, flag in DESIGN_OPTIONS.items():
+        assert flag in described, f"{flag} ({name}) has no one-line description in --help"
+        assert len(described[flag].split()) >= 4 and "default" in described[flag], flag
+    wrapped = [line for line in lines[lines.index("options:"):] if line.startswith(" " * 10)]
+    assert not wrapped, f"descriptions wrapped onto a second line: {wrapped}"
