@@ -134,7 +134,14 @@ def nginx_path() -> str:
 
 
 #: Notebooks that need a tool besides Python, and the tool.
-NOTEBOOK_NEEDS = {"07_scale_out.ipynb": "redis-server"}
+NOTEBOOK_NEEDS = {"07_scale_out.ipynb": ("redis-server", "nginx")}
+
+
+def tool_found(tool: str) -> bool:
+    """Whether a tool is installed (Debian's nginx is in /usr/sbin, off a user's PATH)."""
+    from labserver.nginx import find_nginx
+
+    return bool(find_nginx() if tool == "nginx" else shutil.which(tool))
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
@@ -143,9 +150,9 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     if os.environ.get("CI", "").lower() == "true":
         return
     for item in items:
-        tool = NOTEBOOK_NEEDS.get(item.path.name)
-        if tool is not None and not shutil.which(tool):
-            reason = f"{tool} is not installed (apt-get install {tool})"
+        missing = [t for t in NOTEBOOK_NEEDS.get(item.path.name, ()) if not tool_found(t)]
+        if missing:
+            reason = f"{' and '.join(missing)} not installed (apt-get install {' '.join(missing)})"
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
