@@ -16,6 +16,10 @@ from typing import Any
 import pytest
 
 import labserver
+import labserver.process
+
+# Hundreds of tests start a server: keep one child warm (its imports done) for the next start.
+labserver.process.keep_spare()
 
 CHROMIUM_ARGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

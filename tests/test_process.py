@@ -88,3 +88,25 @@ def test_the_server_writes_nothing_to_the_parents_output() -> None:
     code = "import labserver\nwith labserver.start() as s: s.publish(1); s.stats()\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert out.returncode == 0 and out.stdout == b"" and out.stderr == b""
+
+
+def test_a_spare_child_serves_the_next_start_and_exits_when_dropped() -> None:
+    """keep_spare(): the next start() uses a child whose imports are done; the spare left over
+    exits at end-of-file, before it ever reads options."""
+    from labserver import process
+
+    was = process._keep_spare
+    process.keep_spare(True)
+    try:
+        with labserver.start() as first:
+            spare = process._spare
+            assert spare is not None and spare.poll() is None
+            with labserver.start() as second:
+                assert second.pid == spare.pid and second.pid != first.pid
+                assert second.stats()["events"]["last_id"] == 0
+            left = process._spare
+            assert left is not None and left.pid != spare.pid
+        process.keep_spare(False)
+        assert process._spare is None and pid_is_gone(left.pid, within_s=3)
+    finally:
+        process.keep_spare(was)
