@@ -1,5 +1,6 @@
 # make lab        set up .venv (first use, or when pyproject.toml changed) and open JupyterLab
 # make test       set up .venv and run every test: ruff, pytest, nbval on every notebook
+#                 (two workers; each test file and each notebook stays on one of them)
 # make notebooks  re-run every notebook in place, saving its outputs (after a labserver change)
 # make bench      labserver side by side with the book's Node.js stack: prints a markdown table
 #                 (BENCH_ARGS=--quick: one round in under a minute; --readme: into benchmarks/README.md)
@@ -30,7 +31,7 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check labserver tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 notebooks: $(STAMP)
 	cd notebooks && for nb in [0-9]*.ipynb; do \
