@@ -163,6 +163,8 @@ class RedisLog(MemoryLog):
                 if time.monotonic() - last_heartbeat > NODE_TTL_S / 3:
                     await self._heartbeat()
                     last_heartbeat = time.monotonic()
+                    self._mark_up()  # after an error: up as soon as Redis answers, not after
+                    # the next XREAD, which blocks up to BLOCK_MS when nothing is published
                 reply = await self._redis.xread(
                     {self._keys["stream"]: self._stream_pos}, count=500, block=BLOCK_MS
                 )
@@ -174,6 +176,7 @@ class RedisLog(MemoryLog):
                 raise
             except (RedisError, OSError) as exc:
                 self._mark_down(exc)
+                last_heartbeat = 0.0  # the next attempt starts with a heartbeat
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, RETRY_MAX_S)
 
