@@ -137,6 +137,25 @@ def nginx_path() -> str:
     return require("nginx", find_nginx())
 
 
+@pytest.fixture(scope="session")
+def loopback_clients() -> list[str]:
+    """Client addresses 127.0.0.2 … 127.0.0.17 (Linux: all of 127.0.0.0/8 is loopback; macOS
+    has only 127.0.0.1 unless aliased): skip without them, or fail under CI=true."""
+    import socket
+
+    addresses = [f"127.0.0.{n}" for n in range(2, 18)]
+    try:
+        for address in addresses:
+            with socket.socket() as sock:
+                sock.bind((address, 0))
+    except OSError as exc:
+        message = f"cannot bind a client to {address}: {exc} (macOS: sudo ifconfig lo0 alias …)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI must run this test")
+        pytest.skip(message)
+    return addresses
+
+
 #: Notebooks that need a tool besides Python, and the tool.
 NOTEBOOK_NEEDS = {"07_scale_out.ipynb": ("redis-server", "nginx")}
 

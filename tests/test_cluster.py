@@ -285,7 +285,9 @@ async def socketio_through(url: str, publisher: labserver.Server,
 
 @pytest.mark.parametrize("balance", ["cookie:" + SESSION_COOKIE, "hash_addr"])
 async def test_a_sticky_upstream_keeps_the_polling_start_on_one_node(
-        cluster: Cluster, nginx_path: str, balance: str) -> None:
+        cluster: Cluster, nginx_path: str, balance: str, request: pytest.FixtureRequest) -> None:
+    # hash_addr: the client comes from another loopback address than the test's other requests
+    source = request.getfixturevalue("loopback_clients")[0] if balance == "hash_addr" else None
     with Nginx([n.url for n in cluster.nodes], balance=balance, nginx_path=nginx_path) as proxy:
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(proxy.url + "/"):
@@ -295,7 +297,7 @@ async def test_a_sticky_upstream_keeps_the_polling_start_on_one_node(
                 assert status == 200 and upstreams[0] == upstreams[1]
         before = cluster.socketio_requests()
         transport = await socketio_through(proxy.url, cluster.a, None,
-                                           local_addr=("127.0.0.2", 0))
+                                           local_addr=(source, 0) if source else None)
         used = [now - was for now, was in zip(cluster.socketio_requests(), before, strict=True)]
     assert transport == "websocket"  # polling first, then the upgrade, on one node
     assert sorted(used)[0] == 0 and sorted(used)[1] >= 2, used  # every request on one node

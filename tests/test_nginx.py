@@ -104,12 +104,11 @@ def test_round_robin_alternates_and_forwards_the_client_address(
         ("127.0.0.1", "127.0.0.1")}
 
 
-def test_hash_addr_pins_each_client_address(nodes: list[labserver.Server],
-                                            nginx_path: str) -> None:
+def test_hash_addr_pins_each_client_address(nodes: list[labserver.Server], nginx_path: str,
+                                            loopback_clients: list[str]) -> None:
     with Nginx([n.url for n in nodes], balance="hash_addr", nginx_path=nginx_path) as proxy:
         chosen = {}
-        for last in range(2, 18):  # 127.0.0.2 … 127.0.0.17: all of 127/8 is loopback
-            source = f"127.0.0.{last}"
+        for source in loopback_clients:  # 127.0.0.2 … 127.0.0.17
             seen = {get(proxy.url, "/whoami", source)[0] for _ in range(3)}
             assert len(seen) == 1, f"{source} went to {seen}"
             chosen[source] = seen.pop()
