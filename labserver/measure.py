@@ -123,7 +123,7 @@ class ClientRun:
     """What :func:`drive` gives a client, and what the client records into it."""
 
     after: int  # the last event id before the run: the client's first cursor
-    last_id: int | None = None  # the run's last event, set once it is published
+    count: int  # how many events the run publishes
     deliveries: Deliveries = field(default_factory=Deliveries)
     #: one ``(sent, answered, events carried)`` per request, in ``time.time()`` seconds
     requests: list[tuple[float, float, int]] = field(default_factory=list)
@@ -131,9 +131,13 @@ class ClientRun:
     ids: list[int] = field(default_factory=list)  # the ids published
     stats: dict[str, Any] = field(default_factory=dict)  # the server's counters of this run
 
-    def wants_more(self, after: int) -> bool:
-        """True until a cursor ``after`` has reached the run's last event."""
-        return self.last_id is None or after < self.last_id
+    def wants_more(self) -> bool:
+        """True until the client has received all the run's events.
+
+        (Known by count, not by the last id: a long poll can bring the last event before the
+        publisher has even heard its id back, and would then ask, and wait, once more.)
+        """
+        return len(self.deliveries) < self.count
 
     def record(self, sent: float, page: dict[str, Any]) -> None:
         """One answer ``{"events": [...], ...}`` to a request sent at ``sent``, received now."""
@@ -153,12 +157,13 @@ async def drive(
 ) -> ClientRun:
     """Run ``client(run, **options)`` while the workload is published; return its record.
 
-    The client starts ``start_after_s`` seconds after the first publish and returns once its
-    cursor reaches ``run.last_id``. Raises ``AssertionError`` unless it received every event
-    exactly once, in order; ``run.stats`` holds the server's counters for this run alone.
+    The client starts ``start_after_s`` seconds after the first publish and returns once it has
+    every event (``run.wants_more()`` is false). Raises ``AssertionError`` unless it received
+    every event exactly once, in order; ``run.stats`` holds the server's counters for this run.
     """
+    workload = workload if workload is not None else WORKLOAD
     before = await srv.astats()
-    run = ClientRun(after=before["events"]["last_id"])
+    run = ClientRun(after=before["events"]["last_id"], count=workload.events)
 
     async def start_later() -> None:
         await asyncio.sleep(start_after_s)
@@ -168,7 +173,6 @@ async def drive(
     try:
         run.t0 = time.time()
         run.ids = await publish_workload(srv, workload)
-        run.last_id = run.ids[-1]
         await asyncio.wait_for(task, DRIVE_GRACE_S)
     finally:
         task.cancel()
