@@ -36,6 +36,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,6 +51,17 @@ START_ATTEMPTS = 3
 #: The temporary directories nginx writes request and response bodies to, relative to the prefix.
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 BALANCES = ("round_robin", "hash_addr", "cookie:<NAME>")
+#: A watchdog beside nginx: it reads its standard input, a pipe this process holds, until
+#: end-of-file — which comes from :meth:`Nginx.stop` or when this process dies in any way
+#: (kernel restart, crash, SIGKILL) — then stops nginx. nginx reads no pipe itself; this is how
+#: ``labserver.start()``'s child is tied to its parent, on Linux and macOS alike.
+WATCHDOG = """import os, signal, sys
+sys.stdin.buffer.read()
+try:
+    os.kill(int(sys.argv[1]), signal.SIGTERM)
+except OSError:
+    pass
+"""
 
 
 def find_nginx() -> str | None:
@@ -181,6 +193,7 @@ class Nginx:
         self.directory: Path | None = None
         self.cert_path: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # --- the configuration --------------------------------------------------------------
 
@@ -292,6 +305,11 @@ class Nginx:
         for attempt in range(1, START_ATTEMPTS + 1):
             error = self._start_once(timeout_s)
             if error is None:
+                assert self._process is not None
+                self._watchdog = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", WATCHDOG, str(self._process.pid)],
+                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True)
                 atexit.register(self.stop)
                 return self
             if "Address already in use" not in error or attempt == START_ATTEMPTS:
@@ -322,8 +340,9 @@ class Nginx:
             if all(self._listening(port) for port in ports):
                 return None
             time.sleep(0.02)
+        tail = self._error_tail()
         self.stop()
-        return "timed out\n" + self._error_tail()
+        return "timed out\n" + tail
 
     @staticmethod
     def _listening(port: int) -> bool:
@@ -348,6 +367,10 @@ class Nginx:
         Idempotent; within about a second.
         """
         process, self._process = self._process, None
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:  # it sends SIGTERM while nginx is still our child, so
+            watchdog.stdin.close()  # type: ignore[union-attr]  # its pid cannot be reused yet
+            watchdog.wait(STOP_TIMEOUT_S)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)  # nginx's fast shutdown: master and workers
             try:

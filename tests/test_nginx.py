@@ -191,3 +191,37 @@ def test_stop_is_prompt_idempotent_and_frees_the_port(nodes: list[labserver.Serv
         os.kill(pid, 0)
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_nginx_stops_when_the_process_that_started_it_dies(nginx_path: str) -> None:
+    """A kernel restart must not leave nginx behind: its watchdog sees the pipe close."""
+    import subprocess
+    import sys
+
+    script = ("import time; from labserver.nginx import Nginx; "
+              f"n = Nginx(['http://127.0.0.1:1'], nginx_path={nginx_path!r}).start(); "
+              "print(n.pid, flush=True); time.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert os.path.exists(f"/proc/{pid}") or sys.platform != "linux"
+    finally:
+        parent.kill()  # SIGKILL: no atexit, no stop()
+        parent.wait()
+
+    def alive() -> bool:  # an exited nginx, reparented, may stay a zombie until init reaps it
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 5
+    while alive():
+        assert time.monotonic() < deadline, "nginx outlived the process that started it"
+        time.sleep(0.05)
