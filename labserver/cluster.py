@@ -250,9 +250,12 @@ class RedisProcess:
             self.port = sock.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: Any = None
+        self._watchdog: Any = None
 
     def start(self, timeout_s: float = 10) -> RedisProcess:
         import subprocess
+
+        from .nginx import watchdog
 
         self._process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
@@ -260,6 +263,7 @@ class RedisProcess:
              "--save", "", "--protected-mode", "yes"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        self._watchdog = watchdog(self._process.pid)  # a kernel restart must not leave it behind
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with socket.socket() as sock:
@@ -270,6 +274,10 @@ class RedisProcess:
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
+        from .nginx import release
+
+        guard, self._watchdog = self._watchdog, None
+        release(guard)  # SIGTERM to redis-server, still our unreaped child
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
             self._process.wait(10)

@@ -127,6 +127,24 @@ def make_certificate(directory: str | Path,
     return cert_path, key_path
 
 
+def watchdog(pid: int) -> subprocess.Popen[bytes]:
+    """Start a :data:`WATCHDOG` for the child ``pid``; closing its stdin stops the child."""
+    return subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", WATCHDOG, str(pid)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+
+
+def release(guard: subprocess.Popen[bytes] | None, timeout_s: float = 1.0) -> None:
+    """Close a watchdog's pipe and wait for it: it has sent its SIGTERM when this returns.
+
+    Call it while the child is not yet reaped, so that its pid cannot have been reused."""
+    if guard is not None:
+        assert guard.stdin is not None
+        guard.stdin.close()
+        guard.wait(timeout_s)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -306,10 +324,7 @@ class Nginx:
             error = self._start_once(timeout_s)
             if error is None:
                 assert self._process is not None
-                self._watchdog = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", WATCHDOG, str(self._process.pid)],
-                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    start_new_session=True)
+                self._watchdog = watchdog(self._process.pid)
                 atexit.register(self.stop)
                 return self
             if "Address already in use" not in error or attempt == START_ATTEMPTS:
@@ -367,10 +382,8 @@ class Nginx:
         Idempotent; within about a second.
         """
         process, self._process = self._process, None
-        watchdog, self._watchdog = self._watchdog, None
-        if watchdog is not None:  # it sends SIGTERM while nginx is still our child, so
-            watchdog.stdin.close()  # type: ignore[union-attr]  # its pid cannot be reused yet
-            watchdog.wait(STOP_TIMEOUT_S)
+        guard, self._watchdog = self._watchdog, None
+        release(guard, STOP_TIMEOUT_S)  # SIGTERM to nginx, still our unreaped child
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)  # nginx's fast shutdown: master and workers
             try:
