@@ -9,7 +9,7 @@ the current user, and stops it by PID::
 
     with Nginx([a.url, b.url], balance="cookie:labserver_session") as proxy:
         print(proxy.config_for_reading)   # what a learner copies
-        requests go to proxy.url
+        ...                               # clients connect to proxy.url
 
 The configuration keeps every path relative to the prefix (``nginx -p DIR``): the pid file,
 the logs and every ``*_temp_path`` live in the temporary directory, so nothing reaches for
