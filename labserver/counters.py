@@ -27,9 +27,18 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
+from . import aiohttp_private
 from .keys import COUNTERS
 
 TRANSPORTS = ("poll", "long_poll", "sse", "ws", "socketio")
+
+#: A connection keeps a copy of the bytes it received, up to this many, so that a takeover
+#: (:func:`labserver.takeover.unread_bytes`) can hand over what aiohttp read past the request
+#: it is serving. Past this, or once the connection streams (SSE, WebSocket, Socket.IO), the
+#: copy is dropped and the connection is no longer taken.
+RECEIVED_KEPT_BYTES = 16384
+#: Transports whose connections are never taken for long polling: their copy is dropped.
+STREAMING = frozenset(("sse", "ws", "socketio"))
 
 #: Route path → transport. A transport module adds its paths here; the counting middleware
 #: looks the request's route up in it.
@@ -125,6 +134,8 @@ class CountingRequestHandler(RequestHandler):
     Bytes that arrive before the request's route is known wait in ``pending_in`` and are
     charged when the middleware names the transport (:meth:`charge_to`). While a request of a
     transport is being handled, or after an upgrade, bytes are charged to it as they come.
+    ``received`` keeps the bytes read so far (bounded: :data:`RECEIVED_KEPT_BYTES`) and
+    ``handled`` counts the requests that reached the middleware, for a takeover.
     """
 
     counters: Counters | None = None  # set by :class:`CountingServer` when it makes one
@@ -134,6 +145,8 @@ class CountingRequestHandler(RequestHandler):
         self.charged: TransportCounters | None = None  # the current request's transport
         self.in_request = False
         self.pending_in = 0
+        self.received: bytearray | None = bytearray()
+        self.handled = 0
         super().connection_made(_CountingTransport(transport, self))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -141,6 +154,11 @@ class CountingRequestHandler(RequestHandler):
             self.charged.bytes_in += len(data)
         else:
             self.pending_in += len(data)
+        received = self.received
+        if received is not None:
+            received += data
+            if len(received) > RECEIVED_KEPT_BYTES:
+                self.received = None
         super().data_received(data)
 
     def count_out(self, n: int) -> None:
@@ -152,6 +170,9 @@ class CountingRequestHandler(RequestHandler):
         self.charged = (self.counters[transport]
                         if transport is not None and self.counters is not None else None)
         self.in_request = transport is not None
+        self.handled += 1
+        if transport in STREAMING:
+            self.received = None
         if self.charged is not None:
             self.charged.bytes_in += self.pending_in
         self.pending_in = 0
@@ -167,7 +188,8 @@ class CountingServer(Server):
     counters: Counters | None = None  # set by the runner (``labserver.app.CountingAppRunner``)
 
     def __call__(self) -> CountingRequestHandler:
-        handler = CountingRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = aiohttp_private.make_handler(self, CountingRequestHandler)
+        assert isinstance(handler, CountingRequestHandler)
         handler.counters = self.counters
         handler.factory = self  # a connection taken from aiohttp goes back through it
         return handler

@@ -6,18 +6,29 @@ routes it, runs the middlewares, builds a response, and does it again for the ne
 about twice the CPU of Node's bare ``http`` module on the same work
 (``benchmarks/README.md``). So once a client's first ``GET /long-poll`` has come through
 aiohttp (routing, checks, counters), a keep-alive connection is taken from aiohttp and served
-here, as :mod:`labserver.ws` does after a WebSocket handshake:
+here, as :mod:`labserver.ws` does after a WebSocket handshake. :func:`taking_over` wraps the
+route's handler (:func:`labserver.polling.long_poll`, which knows nothing of it):
 
-* each next request on the connection is read by :func:`parse_long_poll`, which accepts only
-  the plain shape every long-poll client sends — ``GET /long-poll?after=N&timeout=S
-  HTTP/1.1``, no body, no upgrade;
+* the connection is taken only after a plain ``GET`` over HTTP/1.1 that keeps it alive — a
+  ``HEAD``, an HTTP/1.0 request or one with a body is answered by aiohttp as any other —
+  and with the bytes aiohttp had already read past it (:func:`labserver.takeover.unread_bytes`);
+* each next request is parsed by aiohttp's own parser (llhttp, with the connection's limits:
+  :func:`labserver.takeover.parse_head`), its target read as aiohttp reads it (``yarl.URL``),
+  and served here only when aiohttp would answer it with the long poll's page and keep the
+  connection as it is (:func:`served_here`);
 * a held request waits in the event log (``EventLog.hold``), not in a coroutine: ``publish``
   calls :meth:`LongPollConnection.wake`, which writes the page — the body built once per
   cursor, shared by every client that waited with it — after a ready-made head;
-* **anything else** (another route, a bad parameter, a body, HTTP/1.0, ``Connection: close``)
-  is handed back to aiohttp with its bytes (:func:`labserver.takeover.hand_back`), which
-  answers it exactly as before — errors as JSON included. Nothing is answered here that
-  aiohttp would answer differently, except that this path sends no ``Server`` header.
+* pipelined requests are answered one after another **only while the client reads** its
+  answers: when the transport's buffer of unsent bytes passes asyncio's high-water mark (64 KiB
+  by default) it calls ``pause_writing``, and answering and reading stop until
+  ``resume_writing`` — the same bound a WebSocket's socket has on what its client leaves
+  unread, plus one answer;
+* **anything else** (another route or method, a bad parameter, a body, HTTP/1.0,
+  ``Connection: close``, a head the parser refuses) is handed back to aiohttp with its bytes
+  (:func:`labserver.takeover.hand_back`), which answers it exactly as on a fresh connection —
+  errors as JSON included. Nothing is answered here that aiohttp would answer differently,
+  except that this path sends no ``Server`` header (``tests/test_differential.py`` checks it).
 
 The counters are those of ``/long-poll``: a request, bytes in and out at the socket, the
 events delivered, empty answers, and the ``open`` gauge while a request is held.
@@ -26,18 +37,29 @@ events delivered, empty answers, and the ``open`` gauge while a request is held.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from multidict import MultiMapping
 
-from .counters import TransportCounters
+from .counters import CountingRequestHandler, TransportCounters
 from .errors import cursor, seconds_between
 from .events import EventLog, Page
 from .keys import COUNTERS, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
-from .takeover import hand_back
+from .takeover import (
+    HeadLimits,
+    can_take_over,
+    hand_back,
+    head_end,
+    parse_head,
+    take_over,
+    unread_bytes,
+)
 
 #: A request head longer than this is not a plain long poll: aiohttp gets it (and answers it).
 MAX_HEAD_BYTES = 8190
@@ -48,58 +70,77 @@ KEEPALIVE_S = 75.0
 #: The open kept-alive long-poll connections of an app, for shutdown.
 OPEN: web.AppKey[set[LongPollConnection]] = web.AppKey("long_poll_open")
 
+DEFAULT_LIMITS = HeadLimits()  # aiohttp's defaults
 
-def parse_long_poll(head: bytes) -> tuple[int, float] | None:
-    """``(after, timeout_s)`` if ``head`` (without its blank line) is a plain keep-alive
-    ``GET /long-poll`` that needs nothing of aiohttp; otherwise ``None``."""
-    request_line, *header_lines = head.split(b"\r\n")
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or parts[0] != b"GET" or parts[2] != b"HTTP/1.1":
-        return None
-    path, _, query = parts[1].partition(b"?")
-    if path != b"/long-poll":
-        return None
-    for line in header_lines:
-        name, colon, value = line.partition(b":")
-        if not colon or not name.replace(b"-", b"").isalnum():
-            return None  # folded, malformed or odd headers: aiohttp's parser decides
-        name = name.lower()
-        if name in (b"transfer-encoding", b"upgrade", b"expect") or (
-                name == b"content-length" and value.strip() != b"0") or (
-                name == b"connection" and b"close" in value.lower()):
-            return None
-    params: dict[bytes, bytes] = {}
-    for pair in query.split(b"&") if query else ():
-        key, _, value = pair.partition(b"=")
-        if key in params or b"%" in pair or b"+" in pair:
-            return None
-        params[key] = value
-    after = cursor(params.get(b"after", b"0").decode("latin-1"))
-    timeout_s: float | None = LONG_POLL_DEFAULT_S
-    if b"timeout" in params:
-        timeout_s = seconds_between(params[b"timeout"].decode("latin-1"), 0, LONG_POLL_MAX_S)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def long_poll_params(query: MultiMapping[str]) -> tuple[int, float] | None:
+    """``(after, timeout_s)`` read from a decoded query as :func:`labserver.polling.long_poll`
+    reads them (the same functions); ``None`` where it answers 400."""
+    after = cursor(query.get("after", "0"))
+    text = query.get("timeout")
+    timeout_s = LONG_POLL_DEFAULT_S if text is None else seconds_between(text, 0,
+                                                                          LONG_POLL_MAX_S)
     if after is None or timeout_s is None:
-        return None  # aiohttp's route answers it: 400 with the reason
+        return None
     return after, timeout_s
+
+
+def served_here(message: RawRequestMessage) -> tuple[int, float] | None:
+    """The long poll's parameters if aiohttp would answer ``message`` (parsed by its own
+    parser) with the long poll's page and keep the connection; otherwise ``None``."""
+    url = message.url
+    if (message.method != "GET" or message.version != HttpVersion11 or message.should_close
+            or message.upgrade or url.absolute or url.raw_path != "/long-poll"
+            or hdrs.EXPECT in message.headers):
+        return None
+    return long_poll_params(url.query)
+
+
+def taking_over(handler: Handler) -> Handler:
+    """The long-poll route: ``handler`` answers the request, and a kept-alive connection's
+    next long polls are served by a :class:`LongPollConnection` after it."""
+
+    @functools.wraps(handler)
+    async def long_poll(request: web.Request) -> web.StreamResponse:
+        params = long_poll_params(request.query)
+        if (params is not None and request.method == "GET"
+                and request.version == HttpVersion11 and request.keep_alive
+                and can_take_over(request)):
+            unread = unread_bytes(request)  # before take_over pauses aiohttp: nothing awaits
+            if unread is not None:
+                protocol = request.protocol
+                assert isinstance(protocol, CountingRequestHandler)
+                connection = LongPollConnection(request.app, protocol.factory, *params,
+                                                unread=unread, limits=HeadLimits.of(protocol))
+                await take_over(request, connection)
+                return web.Response()  # never sent: aiohttp no longer has the connection
+        return await handler(request)
+
+    return long_poll
 
 
 class LongPollConnection(asyncio.Protocol):
     """A kept-alive connection that carries long polls, after its first one.
 
-    Requests are answered in order: while one is held, the next waits in ``buffer``.
+    Requests are answered in order: while one is held, or while the client does not read its
+    answers, the next wait in ``buffer`` (at most one read beyond a head's worth: then reading
+    stops).
     """
 
-    __slots__ = ("app", "factory", "log", "counters", "transport", "buffer", "after", "timer",
-                 "holding", "first", "active", "writing_paused")
+    __slots__ = ("app", "factory", "log", "counters", "limits", "transport", "buffer", "after",
+                 "timer", "holding", "first", "active", "writing_paused")
 
-    def __init__(self, app: web.Application, factory: web.Server, after: int,
-                 timeout_s: float) -> None:
+    def __init__(self, app: web.Application, factory: web.Server, after: int, timeout_s: float,
+                 unread: bytes = b"", limits: HeadLimits = DEFAULT_LIMITS) -> None:
         self.app = app
         self.factory = factory  # makes aiohttp's connections: for hand_back
         self.log: EventLog = app[LOG]
         self.counters: TransportCounters = app[COUNTERS]["long_poll"]
+        self.limits = limits  # those of the aiohttp connection it came from
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray(unread)  # what aiohttp had read past the first request
         self.after = after
         self.timer: asyncio.TimerHandle | None = None
         self.holding = False
@@ -113,49 +154,59 @@ class LongPollConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.app[OPEN].add(self)
-        self.serve(*self.first)  # aiohttp counted its request and its bytes
+        # aiohttp counted its request and every byte it read; the unread ones are counted
+        # again by whoever parses them (this connection, or aiohttp after a hand-back).
+        self.counters.bytes_in -= len(self.buffer)
+        self.serve(*self.first)
+        self.next_request()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        if not self.holding:
-            self.next_request()
-        elif len(self.buffer) > MAX_HEAD_BYTES and self.transport is not None:
-            self.transport.pause_reading()  # bounded: more waits in the socket until the answer
+        self.next_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.forget()
 
-    def pause_writing(self) -> None:  # the client does not read its answers: stop reading
+    def pause_writing(self) -> None:
+        """The client does not read its answers: answer nothing more, read nothing more."""
         self.writing_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        """It read them: go on with the requests that wait."""
         self.writing_paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+        self.next_request()
 
     # --- requests -----------------------------------------------------------------------
 
     def next_request(self) -> None:
-        """Serve the requests waiting in ``buffer`` in order, until one is held or incomplete;
-        the first that is not a plain long poll goes back to aiohttp with the rest."""
-        while not self.holding and self.transport is not None:
-            end = self.buffer.find(b"\r\n\r\n")
+        """Serve the requests waiting in ``buffer`` in order, while none is held and the client
+        reads; the first that is not a long poll served here goes back to aiohttp with the
+        rest. Reading goes on only while answering does, and a head's worth is buffered."""
+        while not self.holding and not self.writing_paused and self.transport is not None:
+            end = head_end(self.buffer)
             if end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
                 break  # the rest of the head is on its way
-            request = parse_long_poll(bytes(self.buffer[:end])) if 0 <= end <= MAX_HEAD_BYTES \
-                else None
+            head = bytes(self.buffer[:end]) if 0 <= end <= MAX_HEAD_BYTES else b""
+            parsed = parse_head(head, self.limits) if head else None
+            request = served_here(parsed[0]) if parsed is not None and parsed[1] == 0 else None
             if request is None:
                 self.give_back()
                 return
-            del self.buffer[:end + 4]
+            del self.buffer[:end]
             self.active = True
             self.counters.requests += 1
-            self.counters.bytes_in += end + 4
+            self.counters.bytes_in += end
             self.serve(*request)
-        if not self.holding and not self.writing_paused and self.transport is not None:
-            self.transport.resume_reading()  # if a held request had paused it
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self.writing_paused or len(self.buffer) > MAX_HEAD_BYTES:
+            transport.pause_reading()  # bounded: more waits in the socket
+            # (while a poll is held, reading goes on below that: a client that leaves is seen)
+        else:
+            transport.resume_reading()
 
     def serve(self, after: int, timeout_s: float) -> None:
         """The long poll: answer now if the log has something newer, or hold it."""
@@ -174,16 +225,14 @@ class LongPollConnection(asyncio.Protocol):
         self.cancel_timer()
         self.release()
         self.answer(self.log.read(self.after))
-        if self.buffer:  # requests that came while this one was held
-            self.next_request()
+        self.next_request()  # requests that came while this one was held
 
     def time_out(self) -> None:
         self.timer = None
         self.log.unhold(self.wake)
         self.release()
         self.answer(self.log.read(self.after))
-        if self.buffer:
-            self.next_request()
+        self.next_request()
 
     def release(self) -> None:
         if self.holding:

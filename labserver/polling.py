@@ -21,11 +21,10 @@ from aiohttp import web
 from .counters import open_gauge
 from .errors import bad_request, cursor, query_seconds
 from .events import Page
-from .keepalive import LongPollConnection
 from .keepalive import setup as setup_keepalive
+from .keepalive import taking_over
 from .keys import COUNTERS, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
-from .takeover import can_take_over, take_over
 
 
 def parse_after(request: web.Request) -> int:
@@ -66,10 +65,6 @@ async def long_poll(request: web.Request) -> web.Response:
     """Long polling: hold the request until there is something newer than ``after``."""
     after = parse_after(request)
     timeout_s = parse_timeout_s(request)
-    if request.keep_alive and can_take_over(request):  # the connection's next polls: lighter
-        factory = request.protocol.factory  # type: ignore[attr-defined]
-        await take_over(request, LongPollConnection(request.app, factory, after, timeout_s))
-        return web.Response()  # never sent: aiohttp no longer has the connection
     with open_gauge(request.app[COUNTERS]["long_poll"]):  # a held request is an open one
         page = await request.app[LOG].wait(after, timeout_s)
     return page_response(request, "long_poll", page)
@@ -77,5 +72,6 @@ async def long_poll(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/poll", poll)
-    app.router.add_get("/long-poll", long_poll)
+    # A kept-alive connection's next long polls are served off aiohttp (labserver.keepalive).
+    app.router.add_get("/long-poll", taking_over(long_poll))
     setup_keepalive(app)

@@ -9,12 +9,18 @@ connection once aiohttp has routed and checked its request:
   (:class:`labserver.ws.WebSocketConnection` after a WebSocket handshake,
   :class:`labserver.keepalive.LongPollConnection` for a keep-alive long poll);
 * :func:`hand_back` returns it to aiohttp with the bytes it has not read yet, when a request
-  comes that only aiohttp should answer.
+  comes that only aiohttp should answer;
+* :func:`unread_bytes` says what aiohttp has read past the request, so that the new owner
+  gets it too: a client may send its next request in the same write as this one, and
+  aiohttp's parser has then consumed its first bytes already.
+
+Requests on a connection that was taken are parsed by :func:`parse_head` — aiohttp's own
+parser (llhttp), with the limits of the connection it came from — never by hand: a head that
+parser refuses, or that it reads differently from a hand-made split, goes back to aiohttp.
 
 Both use public asyncio calls only: ``connect_accepted_socket`` on a copy of the socket's
-file descriptor, ``set_protocol`` on a transport. What they must know of aiohttp — that it
-holds no unread bytes (:func:`holds_more`), and which factory makes its connections — is
-checked here, against the pinned aiohttp version.
+file descriptor, ``set_protocol`` on a transport. What they must know of aiohttp's private
+parts is read in :mod:`labserver.aiohttp_private`, checked against the pinned version.
 """
 
 from __future__ import annotations
@@ -22,24 +28,97 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from dataclasses import dataclass
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import RawRequestMessage
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import EMPTY_PAYLOAD
 
+from . import aiohttp_private
 from .counters import CountingRequestHandler
 
 
 def holds_more(request: web.Request) -> bool:
-    """True when aiohttp has read bytes of the connection past this request: a pipelined
-    request, or (after an upgrade request) data the client sent ahead of the answer."""
-    protocol = request.protocol
-    return bool(protocol._message_tail or protocol._messages)
+    """True when aiohttp holds requests of the connection parsed but not handled yet, or
+    (after an upgrade request) data the client sent ahead of the answer."""
+    return aiohttp_private.holds_more(request.protocol)
 
 
 def can_take_over(request: web.Request) -> bool:
     """True when the connection can leave aiohttp and come back (:func:`hand_back`): made by
-    labserver's server, and aiohttp holds nothing of it beyond this request's head."""
-    return (isinstance(request.protocol, CountingRequestHandler) and not request.can_read_body
-            and not holds_more(request))
+    labserver's server, and the request has no body for aiohttp to read."""
+    return isinstance(request.protocol, CountingRequestHandler) and not request.can_read_body
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """aiohttp's limits on a request head (its ``RequestHandler`` arguments)."""
+
+    max_line_size: int = 8190
+    max_field_size: int = 8190
+    max_headers: int = 128
+
+    @classmethod
+    def of(cls, protocol: object) -> HeadLimits:
+        return cls(protocol.max_line_size, protocol.max_field_size,  # type: ignore[attr-defined]
+                   protocol.max_headers)  # type: ignore[attr-defined]
+
+
+def head_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Where the head that starts at ``start`` ends: just after its first empty line; -1 while
+    there is none. The parser decides the rest: a head it accepts has only CRLF line ends, so
+    its first empty line is its end; a bare LF ends the candidate early, and the parser
+    refuses it there."""
+    ends = [i + n for i, n in ((data.find(b"\n\r\n", start), 3), (data.find(b"\n\n", start), 2))
+            if i >= 0]
+    return min(ends) if ends else -1
+
+
+def parse_head(head: bytes, limits: HeadLimits) -> tuple[RawRequestMessage, int | None] | None:
+    """One request head, parsed by aiohttp's own parser: its message and the length of the
+    body that follows (``None``: chunked, or an upgrade: not known from the head). ``None``
+    when the parser refuses it or does not find exactly one request in it."""
+    parser = aiohttp_private.new_parser(limits.max_line_size, limits.max_field_size,
+                                        limits.max_headers)
+    try:
+        messages, upgraded, _ = parser.feed_data(head)
+    except (HttpProcessingError, ValueError):
+        return None
+    if len(messages) != 1:
+        return None
+    message, payload = messages[0]
+    if upgraded or message.upgrade or message.chunked:
+        return message, None
+    if payload is EMPTY_PAYLOAD:
+        return message, 0
+    return message, int(message.headers[hdrs.CONTENT_LENGTH])
+
+
+def unread_bytes(request: web.Request) -> bytes | None:
+    """The bytes aiohttp has read from the connection past ``request`` (its head, and its
+    body), which the connection's next owner must parse first; ``None`` when they cannot be
+    known (the copy was dropped, a chunked body came before): then the connection stays.
+
+    The connection's copy of what it received is parsed again, request by request, up to
+    this one, which must be the same request aiohttp handed to the route.
+    """
+    protocol = request.protocol
+    if (not isinstance(protocol, CountingRequestHandler) or protocol.received is None
+            or protocol.handled < 1):
+        return None
+    received, limits, start = protocol.received, HeadLimits.of(protocol), 0
+    for _ in range(protocol.handled):
+        end = head_end(received, start)
+        parsed = parse_head(bytes(received[start:end]), limits) if end >= 0 else None
+        if parsed is None or parsed[1] is None:
+            return None
+        message, body_bytes = parsed
+        start = end + body_bytes
+    if start > len(received) or (message.method, message.path, message.raw_headers) != (
+            request.method, request.raw_path, request.raw_headers):
+        return None
+    return bytes(received[start:])
 
 
 async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
@@ -48,8 +127,9 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
     asyncio gives a new transport to a *copy* of the socket's file descriptor
     (``connect_accepted_socket``); aiohttp's own transport is then closed, which closes its
     descriptor only — the connection stays open through the copy. aiohttp stops reading
-    first, so no byte can go to the wrong side. ``protocol.connection_made`` writes the
-    answer to the request.
+    first, so no byte can go to the wrong side, and handles nothing more of the connection
+    (``force_close``: requests it had parsed past this one are the new owner's, as bytes).
+    ``protocol.connection_made`` writes the answer to the request.
     """
     old = request.transport
     assert old is not None
@@ -61,7 +141,7 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
         sock.close()
         raise
     finally:
-        old.close()
+        request.protocol.force_close()  # closes aiohttp's transport: its descriptor only
 
 
 def hand_back(factory: web.Server, transport: asyncio.Transport, unread: bytes) -> None:

@@ -188,8 +188,17 @@ class FrameReader:
             yield Frame(fin, rsv1, opcode, unmask(mask, payload))
 
 
+#: What one continuation frame costs while its message is assembled, beyond its payload (a
+#: ``bytes`` object's header and its slot in the list of parts), charged against the message's
+#: size limit. Without it, empty continuation frames would grow a message without bound and
+#: never reach the limit (a 6-byte frame, 8 bytes kept); with it, at most max_bytes / 64 of
+#: them (1024 at the default 64 KiB), then close 1009, as ``websockets`` bounds fragments.
+FRAGMENT_COST_BYTES = 64
+
+
 class MessageAssembler:
-    """§5.4: data frames and their continuations make one message, bounded in size."""
+    """§5.4: data frames and their continuations make one message, bounded in size: its
+    payload plus :data:`FRAGMENT_COST_BYTES` per continuation frame."""
 
     __slots__ = ("opcode", "compressed", "parts", "size", "max_bytes")
 
@@ -205,14 +214,17 @@ class MessageAssembler:
         if f.opcode == CONTINUATION:
             if self.opcode is None:
                 raise ProtocolFailure(PROTOCOL_ERROR, "a continuation frame with no message")
+            self.size += FRAGMENT_COST_BYTES
         elif self.opcode is not None:
             raise ProtocolFailure(PROTOCOL_ERROR, "a new message before the last one ended")
         else:
             self.opcode, self.compressed = f.opcode, f.rsv1
         self.size += len(f.payload)
         if self.size > self.max_bytes:
-            raise ProtocolFailure(MESSAGE_TOO_BIG,
-                                  f"a message may have at most {self.max_bytes} bytes")
+            raise ProtocolFailure(MESSAGE_TOO_BIG, (
+                f"a message may have at most {self.max_bytes} bytes, each continuation frame "
+                f"counting {FRAGMENT_COST_BYTES} more") if f.opcode == CONTINUATION else
+                f"a message may have at most {self.max_bytes} bytes")
         self.parts.append(f.payload)
         if not f.fin:
             return None

@@ -19,7 +19,14 @@ import conftest
 import pytest
 
 import labserver
-from labserver.keepalive import parse_long_poll
+from labserver.keepalive import served_here
+from labserver.takeover import HeadLimits, parse_head
+
+
+def parse_long_poll(head: bytes) -> tuple[int, float] | None:
+    """What the light path makes of one head (without its blank line)."""
+    parsed = parse_head(head + b"\r\n\r\n", HeadLimits())
+    return served_here(parsed[0]) if parsed is not None and parsed[1] == 0 else None
 
 
 class Http:
@@ -156,17 +163,35 @@ async def test_pipelined_requests_are_answered_in_order(srv: labserver.Server) -
         b"GET /long-poll?after=0 HTTP/1.0\r\nHost: x",
         b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 3",
         b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked",
-        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket",
-        b"GET /long-poll?after=%30 HTTP/1.1\r\nHost: x",
-        b"GET /long-poll?after=0&after=1 HTTP/1.1\r\nHost: x",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade",
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue",
+        b"HEAD /long-poll?after=0 HTTP/1.1\r\nHost: x",
+        b"GET /long-poll?after=0 HTTP/1.1",  # no Host: llhttp refuses HTTP/1.1 without one
+        b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\nHost: y",
         b"GET /long-poll/?after=0 HTTP/1.1\r\nHost: x",
         b"POST /long-poll?after=0 HTTP/1.1\r\nHost: x",
         b"GET /long-poll?after=0 HTTP/1.1\r\nHost: x\r\n folded",
         b"GET /long-poll?after=0 HTTP/1.1\r\nBad Name: x",
     ],
 )
-def test_the_fast_path_takes_only_the_plain_shape(head: bytes) -> None:
+async def test_the_fast_path_takes_only_the_plain_shape(head: bytes) -> None:
     assert parse_long_poll(head) is None
+
+
+@pytest.mark.parametrize(
+    ("head", "params"),
+    [
+        (b"GET /long-poll?after=%30 HTTP/1.1\r\nHost: x", (0, 25.0)),  # yarl decodes it
+        (b"GET /long-poll?after=0&after=1 HTTP/1.1\r\nHost: x", (0, 25.0)),  # the first
+        (b"GET /long-poll?after=3 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket", (3, 25.0)),
+    ],
+)
+def test_targets_are_read_as_aiohttp_reads_them(head: bytes, params: tuple[int, float]) -> None:
+    """What aiohttp's route serves, the light path serves the same: ``request.query`` is
+    ``yarl.URL.query`` of the target, and an ``Upgrade`` without ``Connection: Upgrade`` is no
+    upgrade (llhttp's reading)."""
+    assert parse_long_poll(head) == params
 
 
 def test_the_plain_shape_and_its_parameters() -> None:

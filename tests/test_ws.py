@@ -779,6 +779,24 @@ async def test_compressed_zip_bomb_over_the_limit_is_1009(make_server: Any) -> N
         await assert_other_client_still_receives(srv, other)
 
 
+async def test_a_flood_of_empty_continuation_frames_is_1009(srv: labserver.Server) -> None:
+    """Issue 14, finding 6, its bytes: a text frame with FIN=0, then empty continuation frames
+    (6 bytes each) — they once grew the message's list of parts without bound. Now each counts
+    64 bytes against max_message_bytes: the 1024th closes the connection with 1009."""
+    async with connect(srv) as other:
+        raw = await RawSocket.open(srv)
+        assert (await raw.read_response())[0] == 101
+        raw.send_frame(Opcode.TEXT, b"x", fin=False)
+        empty = Frame(Opcode.CONT, b"", fin=False).serialize(mask=True)
+        assert len(empty) == 6
+        raw.write(empty * 2000)  # one read: the server closes with nothing left unread
+        code, reason = await raw.read_close()
+        assert (code, reason) == (1009, f"a message may have at most {64 * 1024} bytes, each "
+                                        "continuation frame counting 64 more")
+        raw.close()
+        await assert_other_client_still_receives(srv, other)
+
+
 async def test_ping_payload_comes_back_in_the_pong(srv: labserver.Server) -> None:
     raw = await RawSocket.open(srv)
     assert (await raw.read_response())[0] == 101

@@ -20,6 +20,7 @@ from labserver.wsframes import (
     BINARY,
     CLOSE,
     CONTINUATION,
+    FRAGMENT_COST_BYTES,
     PING,
     TEXT,
     Deflate,
@@ -248,7 +249,7 @@ def test_payload_of_exactly_max_payload_is_read() -> None:
 
 
 def test_fragments_are_joined_into_one_message() -> None:
-    assembler = MessageAssembler(max_bytes=100)
+    assembler = MessageAssembler(max_bytes=200)  # 6 bytes and two continuations (2 x 64)
     assert assembler.add(Frame(False, True, TEXT, b"ab")) is None
     assert assembler.add(Frame(False, False, CONTINUATION, b"cd")) is None
     assert assembler.add(Frame(True, False, CONTINUATION, b"ef")) == (TEXT, True, b"abcdef")
@@ -275,6 +276,30 @@ def test_message_over_max_bytes_in_total_is_1009() -> None:
     with pytest.raises(ProtocolFailure) as failure:
         assembler.add(Frame(True, False, CONTINUATION, b"y" * 5))  # 11 bytes in all
     assert failure.value.code == 1009
+
+
+def test_empty_continuation_frames_are_bounded_by_their_count() -> None:
+    """Issue 14, finding 6: empty continuation frames add nothing to a message's bytes, yet
+    each costs memory; each counts FRAGMENT_COST_BYTES, so a flood closes with 1009."""
+    assembler = MessageAssembler(max_bytes=64 * 1024)
+    assembler.add(Frame(False, False, TEXT, b"x"))
+    allowed = (64 * 1024 - 1) // FRAGMENT_COST_BYTES
+    for _ in range(allowed):
+        assert assembler.add(Frame(False, False, CONTINUATION, b"")) is None
+    with pytest.raises(ProtocolFailure) as failure:
+        assembler.add(Frame(False, False, CONTINUATION, b""))
+    assert failure.value.code == 1009
+    assert "each continuation frame counting 64 more" in failure.value.reason
+    assert len(wsframes.close_frame(1009, failure.value.reason)) <= 2 + 125  # one Close frame
+    assert len(assembler.parts) == allowed + 1  # what it kept: bounded
+
+
+def test_a_message_in_many_small_fragments_within_the_bound_is_whole() -> None:
+    assembler = MessageAssembler(max_bytes=65 * 100)
+    assembler.add(Frame(False, False, TEXT, b"a"))
+    for _ in range(98):
+        assert assembler.add(Frame(False, False, CONTINUATION, b"a")) is None
+    assert assembler.add(Frame(True, False, CONTINUATION, b"a")) == (TEXT, False, b"a" * 100)
 
 
 # --- a client's Close frame (§5.5.1, §7.4) ---------------------------------------------------

@@ -1,0 +1,93 @@
+"""Every part of aiohttp that labserver uses and aiohttp does not promise to keep, in one place.
+
+labserver counts bytes at the socket (:mod:`labserver.counters`) and takes connections from
+aiohttp and gives them back (:mod:`labserver.takeover`). Both need a few of aiohttp's private
+names; they are read here and nowhere else, so that an aiohttp upgrade that renames one fails
+in one test (``tests/test_aiohttp_private.py``, which runs :func:`problems`) with a message that
+names the aiohttp version, instead of failing somewhere in a connection:
+
+* ``RequestHandler._messages`` and ``RequestHandler._message_tail``: requests aiohttp has parsed
+  but not handled yet, and bytes it keeps after an upgrade request (:func:`holds_more`);
+* ``Server._loop`` and ``Server._kwargs``: what ``Server.__call__`` builds a connection with
+  (:func:`make_handler`, for a subclass of ``RequestHandler``);
+* ``BaseRunner._make_server``: the hook where the runner builds its ``Server``
+  (:data:`MAKE_SERVER`, overridden by ``labserver.app.CountingAppRunner``);
+* ``aiohttp.http.HttpRequestParser`` with aiohttp's own constructor arguments: the parser
+  (llhttp, where aiohttp's C extension is built) that :func:`labserver.takeover.parse_head`
+  runs on the requests of a kept-alive connection, so they are parsed as aiohttp parses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http import HttpRequestParser
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_runner import BaseRunner
+from aiohttp.web_server import Server
+
+#: The aiohttp these names were read from (pyproject.toml pins it).
+CHECKED_WITH = "3.14.5"
+
+#: The runner's hook that builds its ``Server``.
+MAKE_SERVER = "_make_server"
+
+#: ``HttpRequestParser``'s keyword arguments that :func:`labserver.takeover.parse_head` passes.
+PARSER_ARGUMENTS = ("max_line_size", "max_headers", "max_field_size")
+
+
+def holds_more(protocol: RequestHandler) -> bool:
+    """True when aiohttp holds requests it parsed but has not handled yet, or bytes it read
+    after an upgrade request (what the client sent ahead of the answer)."""
+    return bool(protocol._message_tail or protocol._messages)
+
+
+def make_handler(server: Server, cls: type[RequestHandler]) -> RequestHandler:
+    """What ``Server.__call__`` does, with a subclass of aiohttp's connection protocol."""
+    return cls(server, loop=server._loop, **server._kwargs)
+
+
+def new_parser(max_line_size: int, max_field_size: int, max_headers: int) -> Any:
+    """A fresh request parser, the one aiohttp's connections use, with their limits. (A body's
+    reader is made on the running loop: parse heads with a body inside one.)"""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    return HttpRequestParser(None, loop, 2**16, max_line_size=max_line_size,
+                             max_field_size=max_field_size, max_headers=max_headers)
+
+
+def problems() -> list[str]:
+    """What of the above this aiohttp no longer has; empty when all is as read."""
+    found: list[str] = []
+    slots = {name for cls in RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
+    for name in ("_messages", "_message_tail", "max_line_size", "max_field_size",
+                 "max_headers"):
+        if name not in slots:
+            found.append(f"RequestHandler has no {name}")
+    if MAKE_SERVER not in vars(BaseRunner) or MAKE_SERVER not in vars(web.AppRunner):
+        found.append(f"AppRunner has no {MAKE_SERVER}")
+    init = inspect.getsource(Server.__init__)
+    for name in ("self._loop", "self._kwargs"):
+        if name not in init:
+            found.append(f"Server.__init__ sets no {name}")
+    call = inspect.getsource(Server.__call__)
+    if "RequestHandler(self, loop=self._loop, **self._kwargs)" not in call:
+        found.append("Server.__call__ no longer builds RequestHandler(self, loop=self._loop, "
+                     "**self._kwargs)")
+    try:
+        parser = new_parser(8190, 8190, 128)
+        messages, _, _ = parser.feed_data(b"GET /x?a=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        message = messages[0][0]
+        if (message.method, message.url.raw_path, message.url.query.get("a")) != (
+                "GET", "/x", "1"):
+            found.append("HttpRequestParser parsed a request differently")
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:
+        found.append(f"HttpRequestParser cannot be used as before: {exc!r}")
+    return [f"aiohttp {aiohttp.__version__} (labserver was checked with {CHECKED_WITH}): "
+            f"{problem}" for problem in found]
