@@ -1,0 +1,175 @@
+"""Plumbing for the production lesson (``08_production``): what it measures with, not what
+it teaches.
+
+The lesson puts a real nginx (:mod:`labserver.nginx`) in front of the server and watches from
+the client's side what the proxy does to each transport. The clients a learner could write
+stay in the notebook's cells; this module holds what they need around them:
+
+* :func:`idle_websocket` and :func:`idle_sse` open a connection, send nothing, and report how
+  long it lived — what ``proxy_read_timeout`` cuts and what heartbeats keep;
+* :data:`PROTOCOL_LOG` and :func:`logged_requests` add an nginx access log that records
+  which protocol (``HTTP/1.1``, ``HTTP/2.0``) and which client connection each request came on:
+  how a lesson sees that a browser's WebSocket still upgrades over HTTP/1.1 beside HTTP/2;
+* :func:`nginx_messages` the lines of nginx's error log without their timestamps and ids;
+* :func:`visit` opens pages side by side in headless Chromium (Debian's, never a downloaded
+  one) that accepts the run's self-signed certificate (``ignore_https_errors``), publishes, and
+  reads back what each page recorded, with a screenshot for a rendered notebook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .screenshot import CHROMIUM_ARGS, WAIT_TIMEOUT_S, find_chromium
+
+#: A host name Chromium resolves to 127.0.0.1 in :func:`visit`. Browsers treat ``127.0.0.1`` and
+#: ``localhost`` as "potentially trustworthy" (W3C Secure Contexts §3.1), so a page over https may
+#: open ``ws://127.0.0.1`` — not mixed content. A real site has a name: this one stands for it.
+LAB_HOST = "labserver.test"
+
+#: Extra ``http``-block lines for :class:`~labserver.nginx.Nginx` (``extra_http=``): a second
+#: access log, relative to nginx's prefix, with the client connection's serial number and the
+#: protocol of each request. A request is logged when it ends (a stream: when it closes).
+PROTOCOL_LOG = (
+    "log_format protocols '$connection $server_protocol $request_method $uri $status';\n"
+    "access_log protocols.log protocols;"
+)
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One line of :data:`PROTOCOL_LOG`: which client connection, which protocol, what."""
+
+    connection: int
+    protocol: str
+    method: str
+    path: str
+    status: int
+
+
+async def logged_requests(proxy: Any, settle_s: float = 0.3,
+                          timeout_s: float = 3.0) -> list[LoggedRequest]:
+    """The requests nginx logged with :data:`PROTOCOL_LOG`, once the log has not grown for
+    ``settle_s`` (a stream is logged when it ends, a moment after its page closed; at most
+    ``timeout_s``). Read before ``stop()``, which removes nginx's directory."""
+    path = Path(proxy.directory) / "protocols.log"
+    deadline = time.monotonic() + timeout_s
+    text = None
+    while time.monotonic() < deadline:
+        now = path.read_text() if path.exists() else ""
+        if now == text:
+            break
+        text = now
+        await asyncio.sleep(settle_s)
+    logged = []
+    for line in (text or "").splitlines():
+        connection, protocol, method, uri, status = line.split(" ", 4)
+        logged.append(LoggedRequest(int(connection), protocol, method, uri, int(status)))
+    return logged
+
+
+def nginx_messages(proxy: Any, contains: str = "") -> list[str]:
+    """The messages of nginx's error log that contain ``contains``, without the timestamp,
+    the pid and the connection number, nor the ports after them: what a lesson can print."""
+    messages = []
+    for line in proxy.error_log().splitlines():
+        match = re.match(r"\S+ \S+ \[\w+\] \d+#\d+: (?:\*\d+ )?(.*?)(?:, client: .*)?$", line)
+        if match and contains in match.group(1):
+            messages.append(match.group(1))
+    return messages
+
+
+async def idle_websocket(url: str, hold_s: float) -> float:
+    """Open ``url``'s ``/ws`` (``http`` → ``ws``), send nothing, answer the server's pings
+    (aiohttp does), and return how long the socket lived, at most ``hold_s`` seconds."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url.replace("http", "ws", 1) + "/ws") as socket:
+            try:
+                async with asyncio.timeout(hold_s):
+                    async for _ in socket:  # events would count as activity; none is published
+                        pass
+            except TimeoutError:
+                return hold_s
+    return time.monotonic() - started
+
+
+async def idle_sse(url: str, hold_s: float) -> float:
+    """Open ``url``'s ``/sse``, read whatever comes (heartbeats), and return how long the stream
+    lived, at most ``hold_s`` seconds."""
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url + "/sse") as response:
+            try:
+                async with asyncio.timeout(hold_s):
+                    async for _ in response.content.iter_any():
+                        pass
+            except TimeoutError:
+                return hold_s
+            except aiohttp.ClientPayloadError:
+                pass  # cut in the middle of a chunked body: that is the cut being measured
+    return time.monotonic() - started
+
+
+async def visit(
+    urls: Sequence[str],
+    *,
+    report: str,
+    after_load: Callable[[], Awaitable[str | None]] | None = None,
+    settle_s: float = 0.3,
+    screenshots: Sequence[str | Path | None] = (),
+    width: int = 900,
+    height: int = 520,
+) -> list[Any]:
+    """Open ``urls`` side by side in one headless Chromium (a tab each), wait ``settle_s``, run
+    ``after_load`` once and wait for the text it returns to appear in every page, wait
+    ``settle_s`` again, then return the value of the JavaScript expression ``report`` in each
+    page (and save a PNG of page *i* at ``screenshots[i]``, if given and not ``None``).
+
+    The browser accepts any certificate (the run's self-signed one) and resolves
+    :data:`LAB_HOST` to 127.0.0.1; everything else — mixed content, the connection limits — is
+    Chromium's own behaviour. Raises ``RuntimeError`` where Chromium or Playwright is missing:
+    a measurement cannot be replayed from a picture.
+    """
+    chromium = find_chromium()
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError as error:
+        raise RuntimeError("Playwright is not installed (pip install playwright)") from error
+    if chromium is None:
+        raise RuntimeError("Chromium is not installed (apt-get install chromium)")
+    args = [*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {LAB_HOST} 127.0.0.1"]
+    with tempfile.TemporaryDirectory() as profile:
+        async with async_playwright() as p:
+            context = await p.chromium.launch_persistent_context(
+                profile, executable_path=chromium, headless=True, args=args,
+                viewport={"width": width, "height": height}, ignore_https_errors=True,
+            )
+            try:
+                pages = [await context.new_page() for _ in urls]
+                await asyncio.gather(*(page.goto(url, wait_until="load")
+                                       for page, url in zip(pages, urls, strict=True)))
+                await asyncio.sleep(settle_s)
+                text = await after_load() if after_load is not None else None
+                if text:
+                    await asyncio.gather(*(page.wait_for_function(
+                        "t => document.body.innerText.includes(t)", arg=text,
+                        timeout=WAIT_TIMEOUT_S * 1000) for page in pages))
+                    await asyncio.sleep(settle_s)
+                reports = [await page.evaluate(report) for page in pages]
+                for page, shot in zip(pages, screenshots, strict=False):
+                    if shot is not None:
+                        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+                        await page.screenshot(path=str(shot))
+            finally:
+                await context.close()  # every stream of every page ends here
+    return reports
