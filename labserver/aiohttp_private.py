@@ -12,9 +12,11 @@ names the aiohttp version, instead of failing somewhere in a connection:
   (:func:`make_handler`, for a subclass of ``RequestHandler``);
 * ``BaseRunner._make_server``: the hook where the runner builds its ``Server``
   (:data:`MAKE_SERVER`, overridden by ``labserver.app.CountingAppRunner``);
-* ``aiohttp.http.HttpRequestParser`` with aiohttp's own constructor arguments: the parser
-  (llhttp, where aiohttp's C extension is built) that :func:`labserver.takeover.parse_head`
-  runs on the requests of a kept-alive connection, so they are parsed as aiohttp parses them.
+* ``aiohttp.http.HttpRequestParser`` with aiohttp's own constructor arguments, and
+  ``web_protocol.MAX_MSG_QUEUE_SIZE`` (how many pipelined requests a connection's parser
+  queues before it stops): the parser (llhttp, where aiohttp's C extension is built) that
+  :mod:`labserver.takeover` runs on the requests of a kept-alive connection, so they are
+  parsed as aiohttp parses them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import inspect
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import web, web_protocol
 from aiohttp.http import HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_runner import BaseRunner
@@ -51,15 +53,32 @@ def make_handler(server: Server, cls: type[RequestHandler]) -> RequestHandler:
     return cls(server, loop=server._loop, **server._kwargs)
 
 
-def new_parser(max_line_size: int, max_field_size: int, max_headers: int) -> Any:
+class _Unread:
+    """What a body's ``StreamReader`` calls on its connection; a parser that only checks
+    bytes reads no body out of it, so there is nothing to pause."""
+
+    _reading_paused = False
+    connected = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        pass
+
+
+def new_parser(max_line_size: int, max_field_size: int, max_headers: int,
+               as_connection: bool = False) -> Any:
     """A fresh request parser, the one aiohttp's connections use, with their limits. (A body's
-    reader is made on the running loop: parse heads with a body inside one.)"""
+    reader is made on the running loop: parse heads with a body inside one.) ``as_connection``:
+    it also stops after as many queued requests as a connection's parser does."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         loop = None
-    return HttpRequestParser(None, loop, 2**16, max_line_size=max_line_size,
-                             max_field_size=max_field_size, max_headers=max_headers)
+    queue = {"max_msg_queue_size": web_protocol.MAX_MSG_QUEUE_SIZE} if as_connection else {}
+    return HttpRequestParser(_Unread(), loop, 2**16, max_line_size=max_line_size,
+                             max_field_size=max_field_size, max_headers=max_headers, **queue)
 
 
 def problems() -> list[str]:
@@ -80,8 +99,10 @@ def problems() -> list[str]:
     if "RequestHandler(self, loop=self._loop, **self._kwargs)" not in call:
         found.append("Server.__call__ no longer builds RequestHandler(self, loop=self._loop, "
                      "**self._kwargs)")
+    if not isinstance(getattr(web_protocol, "MAX_MSG_QUEUE_SIZE", None), int):
+        found.append("web_protocol has no MAX_MSG_QUEUE_SIZE")
     try:
-        parser = new_parser(8190, 8190, 128)
+        parser = new_parser(8190, 8190, 128, as_connection=True)
         messages, _, _ = parser.feed_data(b"GET /x?a=1 HTTP/1.1\r\nHost: h\r\n\r\n")
         message = messages[0][0]
         if (message.method, message.url.raw_path, message.url.query.get("a")) != (

@@ -57,6 +57,8 @@ from .takeover import (
     hand_back,
     head_end,
     parse_head,
+    refuses,
+    request_ends,
     take_over,
     unread_bytes,
 )
@@ -130,7 +132,7 @@ class LongPollConnection(asyncio.Protocol):
     """
 
     __slots__ = ("app", "factory", "log", "counters", "limits", "transport", "buffer", "after",
-                 "timer", "holding", "first", "active", "writing_paused")
+                 "timer", "holding", "first", "active", "writing_paused", "give_back_at")
 
     def __init__(self, app: web.Application, factory: web.Server, after: int, timeout_s: float,
                  unread: bytes = b"", limits: HeadLimits = DEFAULT_LIMITS) -> None:
@@ -147,6 +149,7 @@ class LongPollConnection(asyncio.Protocol):
         self.active = True  # a request or an answer since the last idle sweep
         self.writing_paused = False  # the client stopped reading its answers
         self.first = (after, timeout_s)  # the request aiohttp routed: served first
+        self.give_back_at: int | None = None  # where in buffer a read aiohttp refuses begins
 
     # --- asyncio's callbacks -------------------------------------------------------------
 
@@ -161,7 +164,14 @@ class LongPollConnection(asyncio.Protocol):
         self.next_request()
 
     def data_received(self, data: bytes) -> None:
+        before = len(self.buffer)
         self.buffer += data
+        if self.give_back_at is None and refuses(bytes(self.buffer), self.limits):
+            # aiohttp's parser refuses this read: aiohttp would answer the requests completed
+            # in earlier reads, then only its 400 — those completed in this read are lost with
+            # it. So this connection answers the former and gives the rest back, whole.
+            ends = request_ends(bytes(self.buffer[:before]), self.limits)
+            self.give_back_at = max((end for end, _ in ends), default=0)
         self.next_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -185,6 +195,9 @@ class LongPollConnection(asyncio.Protocol):
         reads; the first that is not a long poll served here goes back to aiohttp with the
         rest. Reading goes on only while answering does, and a head's worth is buffered."""
         while not self.holding and not self.writing_paused and self.transport is not None:
+            if self.give_back_at == 0:
+                self.give_back()
+                return
             end = head_end(self.buffer)
             if end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
                 break  # the rest of the head is on its way
@@ -195,6 +208,8 @@ class LongPollConnection(asyncio.Protocol):
                 self.give_back()
                 return
             del self.buffer[:end]
+            if self.give_back_at is not None:
+                self.give_back_at -= end
             self.active = True
             self.counters.requests += 1
             self.counters.bytes_in += end
@@ -284,7 +299,8 @@ _second = [0]
 
 
 def response_head(length: int) -> bytes:
-    """The head of a long poll's answer — what aiohttp sends for it, less ``Server`` — made
+    """The head of a long poll's answer — what aiohttp sends for it, in its order, less
+    ``Server`` — made
     once per body length and second (the ``Date`` header): most answers share a length."""
     now = int(time.time())
     if _second[0] != now:
@@ -293,8 +309,9 @@ def response_head(length: int) -> bytes:
     head = _heads.get(length)
     if head is None:
         head = _heads[length] = (
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\n"
-            b"Cache-Control: no-store\r\nContent-Length: %d\r\nDate: %s\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\nContent-Length: %d\r\n"
+            b"Date: %s\r\n\r\n"
             % (length, formatdate(now, usegmt=True).encode()))
     return head
 

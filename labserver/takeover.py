@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -95,6 +96,33 @@ def parse_head(head: bytes, limits: HeadLimits) -> tuple[RawRequestMessage, int 
     return message, int(message.headers[hdrs.CONTENT_LENGTH])
 
 
+def refuses(data: bytes, limits: HeadLimits) -> bool:
+    """Would aiohttp's parser refuse ``data``, read in one piece by a fresh connection?
+    Then aiohttp answers only its 400: the requests parsed before the error in the same read
+    are lost with it, so a connection that was taken must hand such a read back whole, not
+    answer its first requests."""
+    parser = aiohttp_private.new_parser(limits.max_line_size, limits.max_field_size,
+                                        limits.max_headers, as_connection=True)
+    try:
+        parser.feed_data(data)
+    except (HttpProcessingError, ValueError):
+        return True
+    return False
+
+
+def request_ends(data: bytes, limits: HeadLimits) -> Iterator[tuple[int, RawRequestMessage]]:
+    """The requests that ``data`` holds whole, in order: where each ends (its head and its
+    body) and its message. Stops at the first that is incomplete, refused, or of a length the
+    head does not tell (a chunked body, an upgrade)."""
+    start = 0
+    while (end := head_end(data, start)) >= 0:
+        parsed = parse_head(data[start:end], limits)
+        if parsed is None or parsed[1] is None or end + parsed[1] > len(data):
+            return
+        start = end + parsed[1]
+        yield start, parsed[0]
+
+
 def unread_bytes(request: web.Request) -> bytes | None:
     """The bytes aiohttp has read from the connection past ``request`` (its head, and its
     body), which the connection's next owner must parse first; ``None`` when they cannot be
@@ -104,21 +132,16 @@ def unread_bytes(request: web.Request) -> bytes | None:
     this one, which must be the same request aiohttp handed to the route.
     """
     protocol = request.protocol
-    if (not isinstance(protocol, CountingRequestHandler) or protocol.received is None
-            or protocol.handled < 1):
+    if not isinstance(protocol, CountingRequestHandler) or protocol.received is None:
         return None
-    received, limits, start = protocol.received, HeadLimits.of(protocol), 0
-    for _ in range(protocol.handled):
-        end = head_end(received, start)
-        parsed = parse_head(bytes(received[start:end]), limits) if end >= 0 else None
-        if parsed is None or parsed[1] is None:
-            return None
-        message, body_bytes = parsed
-        start = end + body_bytes
-    if start > len(received) or (message.method, message.path, message.raw_headers) != (
-            request.method, request.raw_path, request.raw_headers):
-        return None
-    return bytes(received[start:])
+    received = bytes(protocol.received)
+    for count, (end, message) in enumerate(request_ends(received, HeadLimits.of(protocol)), 1):
+        if count == protocol.handled:
+            if (message.method, message.path, message.raw_headers) != (
+                    request.method, request.raw_path, request.raw_headers):
+                return None
+            return received[end:]
+    return None
 
 
 async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
