@@ -157,7 +157,8 @@ def loopback_clients() -> list[str]:
 
 
 #: Notebooks that need a tool besides Python, and the tool.
-NOTEBOOK_NEEDS = {"07_scale_out.ipynb": ("redis-server", "nginx"),
+NOTEBOOK_NEEDS = {"06_compare.ipynb": ("chromium",),  # measures a browser's request
+                  "07_scale_out.ipynb": ("redis-server", "nginx"),
                   "08_production.ipynb": ("nginx", "chromium")}
 
 
