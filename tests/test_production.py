@@ -141,7 +141,8 @@ async def test_sse_is_held_by_nginx_s_buffer_unless_told_not_to(stack: Stack) ->
     assert statistics.median((a - p) * 1000 for p, a in held.values()) > 100
     for name in ("shipped", "off", "chunked"):  # header honoured, buffering off, chunked upstream
         assert sorted(got[name]) == ids, name
-        assert max((a - p) * 1000 for p, a in got[name].values()) < 200, name
+        latencies = [(a - p) * 1000 for p, a in got[name].values()]
+        assert statistics.median(latencies) < 20 and max(latencies) < 200, name
 
 
 async def test_idle_streams_are_cut_at_the_read_timeout_and_kept_by_heartbeats(
@@ -217,7 +218,7 @@ async def test_six_connections_per_origin_over_http1_every_stream_over_http2(
     pages = [f"{base}/streams.html?n=8&ws=2" for base in (stack.h2.url, stack.h2.https_url)]
     h1, h2 = await production.visit(
         pages, report="({protocol: window.protocol, streams: window.streams})",
-        after_load=stack.publish_one)
+        after_load=stack.publish_one, settle_s=0.5)
 
     def counts(report: dict[str, Any], kind: str) -> tuple[int, int]:
         streams = [s for s in report["streams"] if s["kind"] == kind]
