@@ -4,6 +4,8 @@
 # make notebooks  re-run every notebook in place, saving its outputs (after a labserver change)
 # make bench      labserver side by side with the book's Node.js stack: prints a markdown table
 #                 (BENCH_ARGS=--quick: one round in under a minute; --readme: into benchmarks/README.md)
+# make conformance  the Autobahn|Testsuite fuzzing client against labserver's WebSocket: its
+#                 table per case group (CASES=1-7,10: the subset CI runs); needs Python 2.7
 #
 # LAB_PORT=8888 make lab    the port JupyterLab listens on (default 8888)
 # LAB_ARGS="--no-browser"   any other option for `jupyter lab`
@@ -17,7 +19,7 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test notebooks lint bench bench-lessons clean
+.PHONY: lab test notebooks lint bench bench-lessons clean conformance conformance-env
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -53,6 +55,26 @@ bench: $(STAMP) $(NODE_MODULES)
 # The lessons' own small benchmarks (polling, SSE fan-out), each printing its tables.
 bench-lessons: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python "$$b" || exit 1; done
+
+# Autobahn|Testsuite is Python 2 code: it gets a virtualenv of its own, made with the last
+# virtualenv that still makes 2.7 environments (20.21), from python2.7 on PATH or pyenv's.
+PYTHON27 ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/2.7*/bin/python2.7) python2.7; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (2, 7)' 2>/dev/null && { command -v $$p; break; }; done)
+AUTOBAHN := conformance/.venv2
+CASES ?= *
+
+$(AUTOBAHN)/.installed: conformance/requirements-py2.txt | $(STAMP)
+	@test -n "$(PYTHON27)" || { echo "make conformance needs Python 2.7 (python2.7 on PATH, or pyenv's ~/.pyenv/versions/2.7.18): see README.md"; exit 1; }
+	rm -rf $(AUTOBAHN) conformance/.virtualenv
+	$(BIN)/python -m pip install --quiet --target conformance/.virtualenv 'virtualenv==20.21.1'
+	PYTHONPATH=conformance/.virtualenv $(BIN)/python -m virtualenv --quiet -p $(PYTHON27) $(AUTOBAHN)
+	$(AUTOBAHN)/bin/python -m pip install --quiet --disable-pip-version-check -r conformance/requirements-py2.txt
+	touch $@
+
+conformance-env: $(STAMP) $(AUTOBAHN)/.installed
+
+conformance: conformance-env
+	$(BIN)/python conformance/run.py --cases '$(CASES)'
 
 clean:
 	rm -rf $(VENV)

@@ -166,10 +166,13 @@ class LongPollConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         before = len(self.buffer)
         self.buffer += data
-        if self.give_back_at is None and refuses(bytes(self.buffer), self.limits):
+        if (self.give_back_at is None and head_end(self.buffer) != len(self.buffer)
+                and refuses(bytes(self.buffer), self.limits)):
             # aiohttp's parser refuses this read: aiohttp would answer the requests completed
             # in earlier reads, then only its 400 — those completed in this read are lost with
-            # it. So this connection answers the former and gives the rest back, whole.
+            # it. So this connection answers the former and gives the rest back, whole. (A
+            # buffer that is one whole head, the usual read, needs no second parse: if the
+            # parser refuses it, next_request gives it back, whole.)
             ends = request_ends(bytes(self.buffer[:before]), self.limits)
             self.give_back_at = max((end for end, _ in ends), default=0)
         self.next_request()
