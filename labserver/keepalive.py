@@ -100,6 +100,16 @@ def served_here(message: RawRequestMessage) -> tuple[int, float] | None:
     return long_poll_params(url.query)
 
 
+@functools.lru_cache(maxsize=1024)
+def long_poll_of(head: bytes, limits: HeadLimits) -> tuple[int, float] | None:
+    """:func:`served_here` of ``head`` as aiohttp's parser reads it (with no body after it);
+    ``None`` when it is not served here. Kept for the next connection that sends the same
+    bytes: the answer depends on them alone, and the clients that one event wakes ask again
+    with the same head (a cache-busting ``_=`` parameter makes each head new: one parse each)."""
+    parsed = parse_head(head, limits)
+    return served_here(parsed[0]) if parsed is not None and parsed[1] == 0 else None
+
+
 def taking_over(handler: Handler) -> Handler:
     """The long-poll route: ``handler`` answers the request, and a kept-alive connection's
     next long polls are served by a :class:`LongPollConnection` after it."""
@@ -204,9 +214,8 @@ class LongPollConnection(asyncio.Protocol):
             end = head_end(self.buffer)
             if end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
                 break  # the rest of the head is on its way
-            head = bytes(self.buffer[:end]) if 0 <= end <= MAX_HEAD_BYTES else b""
-            parsed = parse_head(head, self.limits) if head else None
-            request = served_here(parsed[0]) if parsed is not None and parsed[1] == 0 else None
+            request = long_poll_of(bytes(self.buffer[:end]), self.limits) if (
+                0 <= end <= MAX_HEAD_BYTES) else None
             if request is None:
                 self.give_back()
                 return
