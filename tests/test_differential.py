@@ -243,7 +243,7 @@ PUBLISH = b"POST /publish HTTP/1.1\r\n" + HOST + body_headers(b'{"data":"generat
 HEAD = b"HEAD /long-poll?after=0&timeout=0 HTTP/1.1\r\n" + HOST + b"\r\n"
 
 
-@settings(derandomize=True, database=None, max_examples=200, deadline=None,
+@settings(derandomize=True, database=None, max_examples=400, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(pipeline=st.lists(st.one_of(requests(), st.sampled_from([PUBLISH, FIRST, HEAD])),
                          min_size=1, max_size=3),
