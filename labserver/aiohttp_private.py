@@ -11,7 +11,9 @@ names the aiohttp version, instead of failing somewhere in a connection:
 * ``Server._loop`` and ``Server._kwargs``: what ``Server.__call__`` builds a connection with
   (:func:`make_handler`, for a subclass of ``RequestHandler``);
 * ``BaseRunner._make_server``: the hook where the runner builds its ``Server``
-  (:data:`MAKE_SERVER`, overridden by ``labserver.app.CountingAppRunner``);
+  (:data:`MAKE_SERVER`; :class:`ServerHook` overrides it, for
+  ``labserver.app.CountingAppRunner``), and ``TCPSite._server``, where a started site's
+  sockets are (:func:`listening_port`);
 * ``aiohttp.http.HttpRequestParser`` with aiohttp's own constructor arguments, and
   ``web_protocol.MAX_MSG_QUEUE_SIZE`` (how many pipelined requests a connection's parser
   queues before it stops): the parser (llhttp, where aiohttp's C extension is built) that
@@ -40,6 +42,21 @@ MAKE_SERVER = "_make_server"
 
 #: ``HttpRequestParser``'s keyword arguments that :func:`labserver.takeover.parse_head` passes.
 PARSER_ARGUMENTS = ("max_line_size", "max_headers", "max_field_size")
+
+
+class ServerHook(web.AppRunner):
+    """An ``AppRunner`` whose subclass may change the ``Server`` it builds (:meth:`made`)."""
+
+    async def _make_server(self) -> Server:
+        return self.made(await super()._make_server())
+
+    def made(self, server: Server) -> Server:
+        return server
+
+
+def listening_port(site: web.TCPSite) -> int:
+    """The port a started site listens on (its server's first socket)."""
+    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def holds_more(protocol: RequestHandler) -> bool:
@@ -91,6 +108,8 @@ def problems() -> list[str]:
             found.append(f"RequestHandler has no {name}")
     if MAKE_SERVER not in vars(BaseRunner) or MAKE_SERVER not in vars(web.AppRunner):
         found.append(f"AppRunner has no {MAKE_SERVER}")
+    if "self._server = " not in inspect.getsource(web.TCPSite.start):
+        found.append("TCPSite.start sets no self._server")
     init = inspect.getsource(Server.__init__)
     for name in ("self._loop", "self._kwargs"):
         if name not in init:

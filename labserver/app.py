@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from . import chat, polling, socketio, sse, ws
+from . import aiohttp_private, chat, polling, socketio, sse, ws
 from .counters import Counters, CountingServer, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
@@ -250,13 +250,12 @@ async def close_connections(app: web.Application) -> None:
 # --- running it -------------------------------------------------------------------------
 
 
-class CountingAppRunner(web.AppRunner):
+class CountingAppRunner(aiohttp_private.ServerHook):
     """An ``AppRunner`` whose connections count their bytes at the socket."""
 
-    async def _make_server(self) -> Server:
-        server = await super()._make_server()
+    def made(self, server: Server) -> Server:
         server.__class__ = CountingServer  # aiohttp builds a plain Server; ours makes the protocol
-        server.counters = self.app[COUNTERS]
+        server.counters = self.app[COUNTERS]  # type: ignore[attr-defined]
         return server
 
 
@@ -277,7 +276,7 @@ async def serve(
     site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
     try:
         await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = aiohttp_private.listening_port(site)
         log.info("labserver listening on http://%s:%d", opts.host, port)
         if on_ready is not None:
             on_ready(port)
