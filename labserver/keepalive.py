@@ -27,8 +27,11 @@ route's handler (:func:`labserver.polling.long_poll`, which knows nothing of it)
 * **anything else** (another route or method, a bad parameter, a body, HTTP/1.0,
   ``Connection: close``, a head the parser refuses) is handed back to aiohttp with its bytes
   (:func:`labserver.takeover.hand_back`), which answers it exactly as on a fresh connection —
-  errors as JSON included. Nothing is answered here that aiohttp would answer differently,
-  except that this path sends no ``Server`` header (``tests/test_differential.py`` checks it).
+  errors as JSON included. A read that aiohttp's parser refuses goes back whole, none of its
+  requests answered here, since aiohttp would answer it with its 400 alone
+  (:func:`labserver.takeover.refuses`). Nothing is answered here that aiohttp would answer
+  differently, except that this path sends no ``Server`` header (``tests/test_differential.py``
+  checks it, byte for byte).
 
 The counters are those of ``/long-poll``: a request, bytes in and out at the socket, the
 events delivered, empty answers, and the ``open`` gauge while a request is held.
