@@ -13,8 +13,10 @@ its cursors — read its docstring first), ``fanout`` (one write per client), ``
 (connections leave aiohttp after their first request: ``ws``, and ``keepalive`` for long
 polls), ``counters`` (bytes at the socket), ``app`` (the factory), ``options``, ``errors``,
 ``keys``, ``whoami`` (the client's address and proxies), ``process`` (the handle), ``cluster``
-(scale-out on Redis), ``nginx`` (a real nginx in front of the nodes), ``measure`` and
-``clients`` (what the lessons measure with).
+(scale-out on Redis), ``nginx`` (a real nginx in front of the nodes), ``aiohttp_private``
+(the only module that reads aiohttp's private parts, checked by a test), ``measure`` and
+``clients`` (what the lessons measure with), ``production`` (08's drivers: idle streams, nginx's
+logs, pages in Chromium) and ``screenshot`` (a demo page's picture, taken in the run).
 """
 
 from .app import create_app
