@@ -17,14 +17,10 @@ import pytest
 
 import labserver
 import labserver.process
+from labserver.screenshot import CHROMIUM_ARGS, find_chromium  # one home for Chromium's flags
 
 # Hundreds of tests start a server: keep one child warm (its imports done) for the next start.
 labserver.process.keep_spare()
-
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 def require(tool: str, path: str | None) -> str:
@@ -107,7 +103,7 @@ def make_server() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def chromium_path() -> str:
-    return require("chromium", shutil.which("chromium") or shutil.which("chromium-browser"))
+    return require("chromium", find_chromium())
 
 
 @pytest.fixture
