@@ -2,6 +2,8 @@
 # make test       set up .venv and run every test: ruff, pytest, nbval on every notebook
 #                 (two workers; each test file and each notebook stays on one of them)
 # make notebooks  re-run every notebook in place, saving its outputs (after a labserver change)
+# make claims     run every notebook 5 times (the last 2 with both cores busy) and write the
+#                 ledger of their claims to claims/ (CLAIMS_ARGS="--only 01_polling --runs 5")
 # make bench      labserver side by side with the book's Node.js stack: prints a markdown table
 #                 (BENCH_ARGS=--quick: one round in under a minute; --readme: into benchmarks/README.md)
 # make conformance  the Autobahn|Testsuite fuzzing client against labserver's WebSocket: its
@@ -19,7 +21,7 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test notebooks lint bench bench-lessons clean conformance conformance-env
+.PHONY: lab test notebooks claims lint bench bench-lessons clean conformance conformance-env
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -32,7 +34,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(ROOT_FLAG) $(LAB_ARGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check labserver tests benchmarks
+	$(BIN)/ruff check labserver tests benchmarks claims
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 notebooks: $(STAMP)
@@ -41,6 +43,10 @@ notebooks: $(STAMP)
 		../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=120 "$$nb" || exit 1; \
 	done
+
+CLAIMS_ARGS ?=
+claims: $(STAMP)
+	$(BIN)/python claims/run.py $(CLAIMS_ARGS)
 
 BENCH_ARGS ?=
 NODE_MODULES := benchmarks/node/node_modules/.package-lock.json
