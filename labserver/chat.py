@@ -13,8 +13,8 @@ This module is all of that on python-socketio and aiohttp:
 * **The namespace** :class:`ChatNamespace` (``/chat``): its ``connect`` handler reads the same
   cookie from the Engine.IO handshake's HTTP request and refuses a connection without a valid
   session; ``/`` and the chapter's page connect without one. Events in: ``join``, ``leave``,
-  ``chat``, ``whisper``, ``post``, ``whoami``. The ``user`` and ``color`` of every message come
-  from the session, never from the payload.
+  ``chat``, ``whisper``, ``typing``, ``post``, ``whoami``. The ``user`` and ``color`` of every
+  message come from the session, never from the payload.
 * **The chapter's three targeted sends** (12.5's API list), each where a chat needs it:
 
   ======================================  ==========================================  ==========
@@ -29,7 +29,9 @@ This module is all of that on python-socketio and aiohttp:
 * **Route, then socket** (12.7.4): ``POST /rooms/{room}/messages`` validates and stores, then
   emits through the Socket.IO server it reaches as ``request.app[SIO]`` (the Python form of
   ``req.app.get('io')``). ``GET /rooms/{room}/messages`` is the room's history, ``GET /rooms``
-  the list of rooms.
+  the list of rooms. ``DELETE /rooms/{room}`` (a member's session only) deletes a room and its
+  history, then tells its members ``removed`` and takes them out of it (the book's
+  ``DELETE /room/:id``, which its ``socket.js`` calls with the hand-set cookie).
 * **The hand-set cookie** (12.5, the chapter's ``socket.js`` calling its own route with axios):
   the ``post`` event makes the *server* call its own HTTP route. That request comes from the
   server, not from the browser, so it carries no cookie unless the handler copies the client's
@@ -196,6 +198,26 @@ class Chat:
         await self.sio.emit("chat", message, room=room_name, namespace=NAMESPACE)
         return message
 
+    async def remove(self, room_name: str, identity: dict[str, str]) -> int:
+        """Delete a room and its history, then tell its members and take them out of it;
+        how many messages went with it."""
+        room = self.rooms.rooms.pop(room_name)
+        await self.sio.emit("removed", {"room": room_name, **identity}, room=room_name,
+                            namespace=NAMESPACE)
+        for sid in room.members:
+            self.rooms.joined.get(sid, set()).discard(room_name)
+            await self.sio.leave_room(sid, room_name, namespace=NAMESPACE)
+        return len(room.history)
+
+    async def has_member(self, room_name: str, identity: dict[str, str]) -> bool:
+        """Whether a socket of this session (this user) is in the room."""
+        room = self.rooms.rooms.get(room_name)
+        for sid in room.members if room else ():
+            session = await self.sio.get_session(sid, namespace=NAMESPACE)
+            if session.get("user") == identity["user"]:
+                return True
+        return False
+
 
 def refuse(reason: str) -> dict[str, Any]:
     return {"ok": False, "error": reason}
@@ -257,7 +279,7 @@ class ChatNamespace(socketio.AsyncNamespace):
             self.counters.messages_in += 1
             if not hasattr(self, f"on_{event}"):
                 return refuse(f"unknown event {event!r}: use join, leave, chat, whisper, "
-                              "post or whoami")
+                              "typing, post or whoami")
         return await super().trigger_event(event, *args)
 
     async def identity(self, sid: str) -> dict[str, str]:
@@ -311,6 +333,18 @@ class ChatNamespace(socketio.AsyncNamespace):
             return refuse(f"not in room {data['room']}: join it first")
         message = await self.chat.say(data["room"], await self.identity(sid), data["text"])
         return {"ok": True, "room": data["room"], "ts": message["ts"]}
+
+    async def on_typing(self, sid: str, *args: Any) -> dict[str, Any]:
+        """``typing`` (room) → ``typing`` ``{"room", "user", "color"}`` to the room but the
+        typist (``socket.broadcast.to(room).emit``): what a "… is typing" line needs."""
+        room = args[0] if len(args) == 1 else None
+        if (reason := check_room(room)) is not None:
+            return refuse(reason)
+        if room not in self.chat.rooms.rooms_of(sid):
+            return refuse(f"not in room {room}: join it first")
+        await self.emit("typing", {"room": room, **await self.identity(sid)}, room=room,
+                        skip_sid=sid)
+        return {"ok": True}
 
     async def on_whisper(self, sid: str, *args: Any) -> dict[str, Any]:
         """``whisper`` ``{"to": sid, "text"}`` → that one socket (``socket.to(id).emit``)."""
@@ -433,6 +467,25 @@ async def get_messages(request: web.Request) -> web.Response:
     return web.json_response({"room": room_name, "messages": list(room.history)})
 
 
+async def delete_room(request: web.Request) -> web.Response:
+    """``DELETE /rooms/{room}``: delete the room and its history, then tell its members.
+
+    The speaker is whoever the session cookie says (401 without one); only a member of the
+    room may delete it (403), and a room that does not exist is a 404.
+    """
+    room_name = room_of(request)
+    identity = identity_of(await request.app[SESSIONS].load_session(request))
+    if identity is None:
+        return json_error(401, NO_SESSION)
+    chat = request.app[CHAT]
+    if room_name not in chat.rooms.rooms:
+        return json_error(404, f"no room {room_name}: a room exists while someone is in it")
+    if not await chat.has_member(room_name, identity):
+        return json_error(403, f"only a member of {room_name} can delete it")
+    messages = await chat.remove(room_name, identity)
+    return web.json_response({"room": room_name, "deleted": True, "messages": messages})
+
+
 async def list_rooms(request: web.Request) -> web.Response:
     """``GET /rooms``: the rooms of this node, their member and message counts."""
     return web.json_response({"rooms": request.app[CHAT].rooms.listing()},
@@ -472,4 +525,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/rooms", list_rooms)
     app.router.add_get("/rooms/{room}/messages", get_messages)
     app.router.add_post("/rooms/{room}/messages", post_message)
+    app.router.add_delete("/rooms/{room}", delete_room)
     app.cleanup_ctx.append(self_http_ctx)

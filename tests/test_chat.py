@@ -30,7 +30,7 @@ from labserver.chat import (
 )
 
 NS = "/chat"
-EVENTS = ("chat", "joined", "left", "online", "whisper")
+EVENTS = ("chat", "joined", "left", "online", "whisper", "typing", "removed")
 
 
 async def get_cookie(url: str, path: str = "/") -> str:
@@ -331,6 +331,50 @@ async def test_post_refusals_are_json(srv, path: str, cookie: bool, body: Any, s
         headers={"Cookie": f"{SESSION_COOKIE}={own}"},
     ) as resp:
         assert resp.status in (400, 404)  # 404 once the room is gone, 400 while it exists
+
+
+async def test_typing_reaches_the_room_but_the_typist(srv: labserver.Server) -> None:
+    """``typing`` (room): the room's other members hear who types; the typist and other rooms
+    do not; a room one is not in is refused in the ack."""
+    cookies = [await get_cookie(srv.url) for _ in range(3)]
+    async with chat_client(srv.url, cookies[0]) as a, chat_client(srv.url, cookies[1]) as b, \
+            chat_client(srv.url, cookies[2]) as outsider:
+        await a.call("join", "r")
+        await b.call("join", "r")
+        await outsider.call("join", "elsewhere")
+        me = await a.call("whoami")
+        assert await a.call("typing", "r") == {"ok": True}
+        await until(lambda: len(b.got["typing"]) == 1)
+        assert b.got["typing"] == [{"room": "r", "user": me["user"], "color": me["color"]}]
+        assert (await outsider.call("typing", "r"))["error"] == "not in room r: join it first"
+        assert (await a.call("typing", "bad room"))["ok"] is False
+        await asyncio.sleep(0.1)
+        assert a.got["typing"] == [] and outsider.got["typing"] == [] and len(b.got["typing"]) == 1
+
+
+async def test_delete_room_through_the_route_tells_its_members(srv: labserver.Server) -> None:
+    """``DELETE /rooms/{room}``: a member's session deletes the room and its history; the
+    members hear ``removed`` and are out of it; 401 without a cookie (the book's server-side
+    call without its hand-set cookie), 403 for a non-member, 404 for no such room."""
+    c1, c2, c3 = [await get_cookie(srv.url) for _ in range(3)]
+    async with chat_client(srv.url, c1) as a, chat_client(srv.url, c2) as b:
+        await a.call("join", "r")
+        await b.call("join", "r")
+        me = await a.call("whoami")
+        await a.call("chat", {"room": "r", "text": "soon gone"})
+        url = srv.url + "/rooms/r"
+        assert (await http_json("DELETE", url))[0] == 401
+        status, body = await http_json("DELETE", url, c3)
+        assert status == 403 and "only a member" in body["error"]
+        assert await http_json("DELETE", url, c1) == (200, {"room": "r", "deleted": True,
+                                                              "messages": 1})
+        await until(lambda: len(b.got["removed"]) == 1)
+        assert b.got["removed"] == [{"room": "r", "user": me["user"], "color": me["color"]}]
+        assert (await http_json("GET", srv.url + "/rooms"))[1]["rooms"] == []
+        assert (await http_json("DELETE", url, c1))[0] == 404
+        assert (await b.call("chat", {"room": "r", "text": "x"}))["ok"] is False  # out of it
+        assert (await b.call("join", "r"))["members"] == 1  # a new, empty room
+        assert (await http_json("GET", srv.url + "/rooms/r/messages"))[1]["messages"] == []
 
 
 async def test_a_socket_handler_calling_its_own_route_must_set_the_cookie(srv) -> None:
