@@ -26,6 +26,9 @@ experiment has counters of its own (:func:`labserver.stats_diff`) and they split
 * ``streaming`` — while the events flow, connections already open: what each further event
   costs (for polling, every request of the run is here);
 * ``total`` — the whole experiment, closing included: the honest "bytes per delivered event";
+* ``publishing`` — from just before the first publish to just after the last, with its own
+  length (``publishing_s``, between the two snapshots): every client is still receiving, so a
+  rate over it (``requests_per_s``, ``requests_per_event``) is the steady one;
 * ``held`` — the ``open`` gauge halfway through publishing, between two events (a long poll is
   answered by each event and asked again a moment later): connections, or held requests, the
   server keeps for these clients.
@@ -251,6 +254,20 @@ class Result:
     setup: dict[str, int]  # ... while the clients connected
     streaming: dict[str, int]  # ... while the events flowed, connections open
     held: int  # the open gauge halfway through publishing, for these clients
+    #: ... from just before the first publish to just after the last: every client is still
+    #: receiving, so a rate over this window is the steady one (no connecting, no closing)
+    publishing: dict[str, int] = field(default_factory=dict)
+    publishing_s: float = float("nan")  # that window's length, between the two snapshots
+
+    @property
+    def requests_per_s(self) -> float:
+        """Requests per second per client over the publishing window (its own length)."""
+        return self.publishing["requests"] / self.clients / self.publishing_s
+
+    @property
+    def requests_per_event(self) -> float:
+        """Requests per event delivered, both counted in the publishing window."""
+        return self.publishing["requests"] / self.publishing["messages_out"]
 
     @property
     def clients(self) -> int:
@@ -343,10 +360,11 @@ async def run_side_by_side(
     everyone = [job for t in transports for job in jobs[t]]
     try:
         await _until(tasks, [job.connected for job in everyone], 10)
-        connected = await srv.astats()
+        connected, started = await _timed_stats(srv)
         between_events_s = (workload.events // 2 + 0.5) * workload.interval_s
         halfway = asyncio.create_task(_stats_after(srv, between_events_s))
         ids = await publish_workload(srv, workload)
+        published, ended = await _timed_stats(srv)
         middle = await halfway
         await _until(tasks, [job.received_all for job in everyone], DELIVERY_GRACE_S)
         delivered = await srv.astats()
@@ -369,6 +387,7 @@ async def run_side_by_side(
             total=used(before, after), setup=used(before, connected),
             streaming=used(connected, delivered),
             held=middle["transports"][name]["open"] - before["transports"][name]["open"],
+            publishing=used(connected, published), publishing_s=ended - started,
         )
     return results
 
@@ -396,6 +415,14 @@ async def run_together(srv: Stats, clients: dict[str, Client],
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return {name: job.deliveries for name, job in jobs.items()}
+
+
+async def _timed_stats(srv: Stats) -> tuple[dict[str, Any], float]:
+    """The counters, and when they were read (the middle of the request, monotonic s)."""
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    stats = await srv.astats()
+    return stats, (sent + loop.time()) / 2
 
 
 async def _stats_after(srv: Stats, delay_s: float) -> dict[str, Any]:
@@ -498,3 +525,4 @@ async def chromium_poll_request(srv: Stats) -> BrowserRequest:
         body_bytes=body_bytes,
         header_names=tuple(sorted(headers)),
     )
+
