@@ -226,15 +226,34 @@ class RedisLog(MemoryLog):
         }
 
 
+#: ``redis-server`` arguments for each :class:`RedisProcess` ``persistence``.
+PERSISTENCE = {
+    "always": ("--appendonly", "yes", "--appendfsync", "always", "--save", ""),
+    "everysec": ("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
+    "default": (),
+}
+
+
 class RedisProcess:
     """A real ``redis-server`` on a free loopback port, for a lesson or a test.
 
-    It keeps an append-only file in ``directory`` (fsync on every write), so a restart with
-    :meth:`start` comes back with every event and the id counter. Stop it with :meth:`stop`
-    (SIGTERM: Redis flushes and exits).
+    ``persistence`` says what survives a restart (:data:`PERSISTENCE`):
+
+    * ``"always"`` (the default here) — an append-only file, fsync on every write: a restart
+      with :meth:`start`, even after :meth:`crash`, comes back with every event and the id
+      counter. It is what makes the scale-out lesson's "ids continue" true.
+    * ``"everysec"`` — the append-only file with Redis's usual fsync once a second: a killed
+      process loses nothing (its writes are in the kernel), a machine that loses power loses
+      about the last second.
+    * ``"default"`` — redis-server's own defaults (no append-only file, RDB snapshots at
+      ``save 3600 1 300 100 60 10000``): a clean :meth:`stop` writes a snapshot, a crash loses
+      everything since the last one.
+
+    Stop it with :meth:`stop` (SIGTERM: Redis flushes and exits) or :meth:`crash` (SIGKILL).
     """
 
-    def __init__(self, directory: str, executable: str | None = None) -> None:
+    def __init__(self, directory: str, executable: str | None = None, *,
+                 persistence: str = "always") -> None:
         import shutil
 
         found = executable or shutil.which("redis-server")
@@ -244,7 +263,9 @@ class RedisProcess:
                 "redis-server; macOS: brew install redis; conda: conda install -c conda-forge "
                 "redis-server)"
             )
-        self.executable, self.directory = found, directory
+        if persistence not in PERSISTENCE:
+            raise ValueError(f"persistence is one of {', '.join(PERSISTENCE)}, not {persistence!r}")
+        self.executable, self.directory, self.persistence = found, directory, persistence
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -259,8 +280,8 @@ class RedisProcess:
 
         self._process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", self.directory, "--appendonly", "yes", "--appendfsync", "always",
-             "--save", "", "--protected-mode", "yes"],
+             "--dir", self.directory, *PERSISTENCE[self.persistence],
+             "--protected-mode", "yes"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._watchdog = watchdog(self._process.pid)  # a kernel restart must not leave it behind
@@ -280,6 +301,19 @@ class RedisProcess:
         release(guard)  # SIGTERM to redis-server, still our unreaped child
         if self._process is not None and self._process.poll() is None:
             self._process.terminate()
+            self._process.wait(10)
+        self._process = None
+
+    def crash(self) -> None:
+        """Kill redis-server with SIGKILL, as a crash would: no flush, no snapshot."""
+        import signal
+
+        guard, self._watchdog = self._watchdog, None
+        if guard is not None:  # the watchdog goes first: its SIGTERM would be a clean stop
+            guard.kill()
+            guard.wait(10)
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGKILL)
             self._process.wait(10)
         self._process = None
 

@@ -8,8 +8,12 @@ stay in the notebook's cells; this module holds what they need around them:
 * :func:`idle_websocket` and :func:`idle_sse` open a connection, send nothing, and report how
   long it lived — what ``proxy_read_timeout`` cuts and what heartbeats keep;
 * :data:`PROTOCOL_LOG` and :func:`logged_requests` add an nginx access log that records
-  which protocol (``HTTP/1.1``, ``HTTP/2.0``) and which client connection each request came on:
-  how a lesson sees that a browser's WebSocket still upgrades over HTTP/1.1 beside HTTP/2;
+  which protocol (``HTTP/1.1``, ``HTTP/2.0``) and which client connection each request came on,
+  and the bytes of each request and response: how a lesson sees that a browser's WebSocket still
+  upgrades over HTTP/1.1 beside HTTP/2, and what HPACK does to a repeated poll's headers;
+* :data:`REPEATED_POLLS` the page-side loop (``fetch`` N times) that a lesson runs in Chromium;
+* :func:`stream_head_bytes` how many bytes a stream sends before its first event (its HTTP
+  head and ``retry:`` line): what shares nginx's first buffer with the events;
 * :func:`nginx_messages` the lines of nginx's error log without their timestamps and ids;
 * :func:`visit` opens pages side by side in headless Chromium (Debian's, never a downloaded
   one) that accepts the run's self-signed certificate (``ignore_https_errors``), publishes, and
@@ -37,23 +41,41 @@ from .screenshot import CHROMIUM_ARGS, WAIT_TIMEOUT_S, find_chromium
 LAB_HOST = "labserver.test"
 
 #: Extra ``http``-block lines for :class:`~labserver.nginx.Nginx` (``extra_http=``): a second
-#: access log, relative to nginx's prefix, with the client connection's serial number and the
-#: protocol of each request. A request is logged when it ends (a stream: when it closes).
+#: access log, relative to nginx's prefix, with the client connection's serial number, the
+#: protocol of each request, and its sizes. A request is logged when it ends (a stream: when it
+#: closes). ``$request_length`` is what the client sent for the request: over HTTP/1.1 its
+#: request line and headers as text; over HTTP/2 the HEADERS frame's payload, the header block
+#: as HPACK encoded it (RFC 7541), without the 9-byte frame header (nginx sets it from the
+#: frame's length in ``ngx_http_v2_state_headers``). ``$bytes_sent`` is the answer, head and body.
 PROTOCOL_LOG = (
-    "log_format protocols '$connection $server_protocol $request_method $uri $status';\n"
+    "log_format protocols '$connection $server_protocol $request_method $uri $status "
+    "$request_length $bytes_sent';\n"
     "access_log protocols.log protocols;"
 )
+
+#: A page-side loop for :func:`visit`'s ``report``: ``fetch`` the same poll ``n`` times, one
+#: after the other, each answer read whole. Format it with ``n`` and ``init`` (``fetch``'s second
+#: argument as JavaScript, ``{}`` for none). What a page that polls sends, request after request.
+REPEATED_POLLS = """(async () => {{
+  for (let i = 0; i < {n}; i++) {{
+    await (await fetch("poll?after=0", {init})).text();
+  }}
+  return {n};
+}})()"""
 
 
 @dataclass(frozen=True)
 class LoggedRequest:
-    """One line of :data:`PROTOCOL_LOG`: which client connection, which protocol, what."""
+    """One line of :data:`PROTOCOL_LOG`: which client connection, which protocol, what, and
+    the bytes the client sent for it (``request_length``) and nginx answered (``bytes_sent``)."""
 
     connection: int
     protocol: str
     method: str
     path: str
     status: int
+    request_length: int = 0
+    bytes_sent: int = 0
 
 
 async def logged_requests(proxy: Any, settle_s: float = 0.3,
@@ -72,9 +94,32 @@ async def logged_requests(proxy: Any, settle_s: float = 0.3,
         await asyncio.sleep(settle_s)
     logged = []
     for line in (text or "").splitlines():
-        connection, protocol, method, uri, status = line.split(" ", 4)
-        logged.append(LoggedRequest(int(connection), protocol, method, uri, int(status)))
+        connection, protocol, method, uri, status, length, sent = line.split(" ", 6)
+        logged.append(LoggedRequest(int(connection), protocol, method, uri, int(status),
+                                    int(length), int(sent)))
     return logged
+
+
+async def stream_head_bytes(url: str, path: str = "/sse", quiet_s: float = 0.3) -> int:
+    """The bytes a stream at ``url + path`` sends before its first event — its HTTP head and
+    anything written at once (``retry:``) — asked the way nginx asks without
+    ``proxy_http_version 1.1`` (HTTP/1.0): read until nothing more comes for ``quiet_s``."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+        received = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), quiet_s)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        return len(received)
+    finally:
+        writer.close()
 
 
 def nginx_messages(proxy: Any, contains: str = "") -> list[str]:

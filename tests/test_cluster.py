@@ -215,6 +215,36 @@ def test_redis_restart_loses_nothing_and_ids_continue(make_server, redis_server)
         assert [e["id"] for e in page["events"]] == [1, 2, 3, 4, 5] and not page["gap"]
 
 
+@pytest.mark.parametrize(("persistence", "how", "kept"), [
+    ("always", "crash", True), ("everysec", "crash", True),
+    ("default", "stop", True), ("default", "crash", False)])
+def test_what_survives_a_restart_follows_the_persistence_settings(
+        redis_server_path: str, persistence: str, how: str, kept: bool) -> None:
+    """The lesson's Redis (append-only, fsync always) keeps the id counter through a crash;
+    redis-server's defaults keep it through a clean stop (a snapshot on SIGTERM) only."""
+    import redis
+
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisProcess(directory, redis_server_path, persistence=persistence).start()
+        try:
+            client = redis.Redis.from_url(server.url)
+            for _ in range(20):
+                client.incr("labserver:last_id")
+            client.close()
+            getattr(server, how)()
+            server.start()
+            client = redis.Redis.from_url(server.url)
+            assert client.get("labserver:last_id") == (b"20" if kept else None)
+            client.close()
+        finally:
+            server.stop()
+
+
+def test_persistence_must_be_named() -> None:
+    with pytest.raises(ValueError, match="persistence"):
+        RedisProcess(tempfile.gettempdir(), persistence="sometimes")
+
+
 # --- behind nginx -------------------------------------------------------------------------
 
 

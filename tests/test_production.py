@@ -241,6 +241,40 @@ async def test_six_connections_per_origin_over_http1_every_stream_over_http2(
     assert len({r.connection for r in ws}) == 4
 
 
+async def test_http2_sends_a_repeated_poll_s_headers_as_a_few_bytes(
+        stack: Stack, chromium_path: str) -> None:
+    """HPACK (RFC 7541) in Chromium through the real nginx: over HTTP/1.1 every poll sends its
+    whole head again; over HTTP/2 a repeat is tens of bytes, its fields indexes into the
+    connection's table; a header whose value changes each time costs its value again."""
+    with Nginx([stack.srv.url], tls=True, http2=True,
+               extra_http=production.PROTOCOL_LOG) as h2:
+        loops = {"plain": production.REPEATED_POLLS.format(n=5, init="{}"),
+                 "nonce": production.REPEATED_POLLS.format(
+                     n=5, init="{headers: {'x-nonce': crypto.randomUUID()}}")}
+        for loop in loops.values():
+            for base in (h2.url, h2.https_url):
+                assert await production.visit([f"{base}/stats"], report=loop) == [5]
+        polls = [r for r in await production.logged_requests(h2) if r.path == "/poll"]
+    assert len(polls) == 20
+    by_connection: dict[int, list[production.LoggedRequest]] = {}
+    for r in polls:
+        by_connection.setdefault(r.connection, []).append(r)
+    (h1_plain, h2_plain, h1_nonce, h2_nonce) = [
+        [r.request_length for r in rows] for rows in by_connection.values()]
+    assert [r.protocol for rows in by_connection.values() for r in rows[:1]] == [
+        "HTTP/1.1", "HTTP/2.0", "HTTP/1.1", "HTTP/2.0"]
+    assert len(set(h1_plain)) == 1 and 400 <= h1_plain[0] <= 700  # the whole head, every time
+    assert h2_plain[0] > max(h2_plain[1:]) and max(h2_plain[1:]) <= 40  # indexed: tens of bytes
+    # the nonce's 36 characters are sent again (Huffman-coded) on every request, HTTP/2 or not
+    assert min(h2_nonce[1:]) >= max(h2_plain[1:]) + 20
+    assert min(h1_nonce) >= h1_plain[0] + 36
+
+
+async def test_the_head_of_a_stream_is_counted_before_its_first_event(stack: Stack) -> None:
+    head = await production.stream_head_bytes(stack.srv.url)
+    assert 100 < head < 1000  # status line, headers, retry:
+
+
 def test_the_demo_pages_show_a_published_id(browser_page: Any) -> None:
     """Served directly (HTTP/1.1, 127.0.0.1): each page shows the event published from Python."""
     with labserver.start() as srv:
