@@ -183,7 +183,8 @@ class LongPollConnection(asyncio.Protocol):
                 and refuses(bytes(self.buffer), self.limits)):
             # aiohttp's parser refuses this read: aiohttp would answer the requests completed
             # in earlier reads, then only its 400 — those completed in this read are lost with
-            # it. So this connection answers the former and gives the rest back, whole. (A
+            # it. So this connection serves the former it can serve, and gives the rest back
+            # in two reads, cut where this one begins (give_back). (A
             # buffer that is one whole head, the usual read, needs no second parse: if the
             # parser refuses it, next_request gives it back, whole.)
             ends = request_ends(bytes(self.buffer[:before]), self.limits)
@@ -289,9 +290,11 @@ class LongPollConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
-        data = bytes(self.buffer)
+        data, cut = bytes(self.buffer), self.give_back_at or 0
         self.forget()
-        hand_back(self.factory, transport, data)
+        # The requests read before the read aiohttp refuses go back as one read, that read and
+        # what followed as another: aiohttp answers the former, then its 400.
+        hand_back(self.factory, transport, data[:cut], data[cut:])
 
     def cancel_timer(self) -> None:
         if self.timer is not None:

@@ -167,12 +167,15 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
         request.protocol.force_close()  # closes aiohttp's transport: its descriptor only
 
 
-def hand_back(factory: web.Server, transport: asyncio.Transport, unread: bytes) -> None:
-    """Give ``transport`` to a new aiohttp connection made by ``factory``; it parses ``unread``
-    first. The bytes written so far stay ahead of its answers: it is the same transport."""
+def hand_back(factory: web.Server, transport: asyncio.Transport, *reads: bytes) -> None:
+    """Give ``transport`` to a new aiohttp connection made by ``factory``; it parses ``reads``
+    first, each as one read — aiohttp answers per read (a read its parser refuses gets its
+    400 alone), so bytes read apart must go back apart. The bytes written so far stay ahead
+    of its answers: it is the same transport."""
     protocol = factory()
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
-    if unread:
-        protocol.data_received(unread)
+    for data in reads:
+        if data:
+            protocol.data_received(data)
     transport.resume_reading()  # in case a slow reader had paused it
