@@ -8,8 +8,12 @@
 #                 (BENCH_ARGS=--quick: one round in under a minute; --readme: into benchmarks/README.md)
 # make conformance  the Autobahn|Testsuite fuzzing client against labserver's WebSocket: its
 #                 table per case group (CASES=1-7,10: the subset CI runs); needs Python 2.7
+# make ko         the Korean edition: update i18n/ko/*.po from the English notebooks, build
+#                 notebooks/ko/*.ipynb for every complete catalog, list the stale cells
 #
 # LAB_PORT=8888 make lab    the port JupyterLab listens on (default 8888)
+# make lab LAB_LANG=ko      JupyterLab in Korean, opened on notebooks/ko (README.ko.md);
+#                           the default when LANG is Korean (ko_KR.UTF-8)
 # LAB_ARGS="--no-browser"   any other option for `jupyter lab`
 
 PYTHON ?= python3
@@ -18,10 +22,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LAB_PORT ?= 8888
 LAB_ARGS ?=
+LAB_LANG ?= $(if $(filter ko%,$(LANG)),ko)
+# Lab's locale is a setting: the Korean settings are copied (once, never over a learner's own
+# changes) into a folder of the venv that JUPYTERLAB_SETTINGS_DIR points at.
+LAB_SETTINGS := $(VENV)/lab-settings-ko
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test notebooks claims lint bench bench-lessons clean conformance conformance-env
+.PHONY: lab test notebooks claims lint bench bench-lessons clean conformance conformance-env ko
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -31,10 +39,16 @@ $(STAMP): pyproject.toml
 	touch $@
 
 lab: $(STAMP)
+ifeq ($(LAB_LANG),ko)
+	mkdir -p $(LAB_SETTINGS) && cp -R -n i18n/lab-settings-ko/. $(LAB_SETTINGS)/
+	JUPYTERLAB_SETTINGS_DIR=$(LAB_SETTINGS) $(BIN)/jupyter lab --notebook-dir=notebooks \
+		--LabApp.default_url=/lab/tree/ko --port=$(LAB_PORT) $(ROOT_FLAG) $(LAB_ARGS)
+else
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(ROOT_FLAG) $(LAB_ARGS)
+endif
 
 test: $(STAMP)
-	$(BIN)/ruff check labserver tests benchmarks claims
+	$(BIN)/ruff check labserver tests benchmarks claims i18n
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 notebooks: $(STAMP)
@@ -43,6 +57,9 @@ notebooks: $(STAMP)
 		../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=120 "$$nb" || exit 1; \
 	done
+
+ko: $(STAMP)
+	$(BIN)/python i18n/ko.py
 
 CLAIMS_ARGS ?=
 claims: $(STAMP)
