@@ -45,11 +45,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+log = logging.getLogger("labserver.events")
 
 #: Events kept for cursors and resume (``log_size``). 1000 events of a few hundred bytes is a
 #: few hundred KiB: enough for a learner's client to be away for minutes at a tick of 1/s.
@@ -194,6 +197,10 @@ class Subscription:
                 self._getter = None
         return None
 
+    def drop(self) -> None:
+        """Drop this client, as if it had fallen behind (its write raised)."""
+        self._overflow()
+
     def _overflow(self) -> None:
         self._overflowed = True
         if self._event is not None:
@@ -279,12 +286,22 @@ class MemoryLog:
         self._last_id = event.id
         self._published += 1
         self._pages = {}
+        # Each client is isolated, as websockets' broadcast() isolates each connection: one
+        # whose write or wake-up raises is logged (and its subscription dropped); it neither
+        # skips the clients after it nor fails the publisher.
         for sub in tuple(self._subscriptions):
-            sub.offer(event)
+            try:
+                sub.offer(event)
+            except Exception:
+                log.exception("a subscriber's write raised: it is dropped")
+                sub.drop()
         # Wake every held long poll, then arm a fresh Event for the next publish.
         held, self._held = self._held, set()
         for wake in held:
-            wake()
+            try:
+                wake()
+            except Exception:
+                log.exception("a held long poll's wake-up raised")
         self._changed.set()
         self._changed = asyncio.Event()
         return event

@@ -138,3 +138,58 @@ def test_tick_publishes_on_its_own(make_server) -> None:
     _, body, _ = call(srv, "GET", "/poll")
     assert len(body["events"]) >= 3
     assert body["events"][0]["data"] == {"text": "A message from the server.", "tick": 1}
+
+
+async def test_a_broken_subscriber_stalls_no_transport_and_publish_answers_200() -> None:
+    """Issue 19, bug 2, over real sockets: a subscriber whose write raises and a held poll
+    whose wake-up raises (the log's own, in this process), beside a client of every push
+    transport and two held long polls (one on the light path, one held by aiohttp). Before,
+    ``/publish`` answered 500 and the polls sat out their timeout; now every client gets the
+    event and ``/publish`` answers 200."""
+    import asyncio
+
+    import aiohttp
+    import conftest
+    import socketio
+
+    from labserver.app import create_app
+    from labserver.keys import COUNTERS, LOG
+
+    def broken(event: object) -> bool:
+        raise RuntimeError("a broken write")
+
+    def broken_wake() -> None:
+        raise RuntimeError("a broken wake-up")
+
+    app = create_app()
+    async with conftest.serving(app) as port, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{port}"
+        app[LOG].subscribe().forward(broken)
+        app[LOG].hold(broken_wake)
+        sse = await session.get(url + "/sse")
+        ws = await session.ws_connect(url + "/ws")
+        sio = socketio.AsyncClient()
+        news: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        sio.on("news", lambda event: news.done() or news.set_result(event))
+        await sio.connect(url, transports=["websocket"])
+        light = asyncio.ensure_future(session.get(url + "/long-poll?after=0&timeout=20"))
+        by_aiohttp = asyncio.ensure_future(session.get(
+            url + "/long-poll?after=0&timeout=20", headers={"Connection": "close"}))
+        counters = app[COUNTERS]
+        for _ in range(250):
+            if (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
+                    counters["socketio"].open) == (2, 1, 1, 1):
+                break
+            await asyncio.sleep(0.02)
+        async with session.post(url + "/publish", json={"data": "for everyone"}) as resp:
+            assert resp.status == 200 and await resp.json() == {"id": 1}
+        for poll in (light, by_aiohttp):
+            answer = await asyncio.wait_for(poll, 2)
+            assert [e["id"] for e in (await answer.json())["events"]] == [1]
+        assert json.loads((await asyncio.wait_for(ws.receive(), 2)).data)["id"] == 1
+        assert (await asyncio.wait_for(news, 2))["id"] == 1
+        while await asyncio.wait_for(sse.content.readline(), 2) != b"id: 1\n":
+            pass
+        await sio.disconnect()
+        await ws.close()
+        sse.close()

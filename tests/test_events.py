@@ -139,3 +139,34 @@ async def test_long_polls_with_one_cursor_share_one_page() -> None:
     assert page.to_bytes() == page.to_json().encode()
     await log.publish("next")
     assert log.read(1) is not page and ids(log.read(1)) == [2, 3]
+
+
+async def test_a_subscriber_or_a_held_poll_that_raises_stalls_nobody(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19, bug 2: one write or wake-up that raises skipped every one after it, and the
+    publisher got the exception. Each is isolated now (as websockets' ``broadcast()``
+    isolates each connection): logged, its subscriber dropped, every other one served."""
+
+    def broken(event: Event) -> bool:
+        raise RuntimeError("a broken write")
+
+    def broken_wake() -> None:
+        raise RuntimeError("a broken wake-up")
+
+    log = MemoryLog()
+    written: list[list[int]] = [[] for _ in range(6)]
+    subs = [log.subscribe() for _ in range(11)]
+    for n, sub in enumerate(subs):  # the broken ones among the good, in the set's order
+        sub.forward(broken if n % 2 else lambda e, n=n: written[n // 2].append(e.id) is None)
+    woken: list[str] = []
+    for n in range(6):
+        log.hold(broken_wake if n % 2 else lambda n=n: woken.append(f"poll {n}"))
+    waiter = asyncio.ensure_future(log.wait(0, 5))
+    await asyncio.sleep(0)
+    event = await log.publish("for everyone")  # no exception reaches the publisher
+    assert event.id == 1 and written == [[1]] * 6 and len(woken) == 3
+    assert [e.id for e in (await asyncio.wait_for(waiter, 1)).events] == [1]
+    assert [sub.overflowed.is_set() for sub in subs] == [bool(n % 2) for n in range(11)]
+    assert "a broken write" in caplog.text and "a broken wake-up" in caplog.text
+    await log.publish("and the next")
+    assert written == [[1, 2]] * 6 and len(woken) == 3  # a wake-up is once
