@@ -1,7 +1,11 @@
 # make lab        set up .venv (first use, or when pyproject.toml changed) and open JupyterLab
 # make test       set up .venv and run every test: ruff, pytest, nbval on every notebook
 #                 (two workers; each test file and each notebook stays on one of them)
-# make notebooks  re-run every notebook in place, saving its outputs (after a labserver change)
+# make notebooks  re-run every notebook in place, saving its outputs and its screenshots
+#                 (LABSERVER_SCREENSHOTS=write; any other run leaves notebooks/screenshots/ alone)
+# make lab-check  open every notebook in JupyterLab in headless Chromium, as a learner does:
+#                 every Mermaid diagram drawn, then Run All with the IFrames live (slow: minutes;
+#                 LAB_CHECK_ARGS="--only 05 --no-run")
 # make claims     run every notebook 5 times (the last 2 with both cores busy) and write the
 #                 ledger of their claims to claims/ (CLAIMS_ARGS="--only 01_polling --runs 5")
 # make bench      labserver side by side with the book's Node.js stack: prints a markdown table
@@ -29,7 +33,7 @@ LAB_SETTINGS := $(VENV)/lab-settings-ko
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
-.PHONY: lab test notebooks claims lint bench bench-lessons clean conformance conformance-env ko
+.PHONY: lab test notebooks lab-check claims lint bench bench-lessons clean conformance conformance-env ko
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -54,12 +58,16 @@ test: $(STAMP)
 notebooks: $(STAMP)
 	cd notebooks && for nb in [0-9]*.ipynb; do \
 		echo "running $$nb"; \
-		../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		LABSERVER_SCREENSHOTS=write ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=120 "$$nb" || exit 1; \
 	done
 
 ko: $(STAMP)
 	$(BIN)/python i18n/ko.py
+
+LAB_CHECK_ARGS ?=
+lab-check: $(STAMP)
+	$(BIN)/python -m labserver.labdriver $(LAB_CHECK_ARGS)
 
 CLAIMS_ARGS ?=
 claims: $(STAMP)
