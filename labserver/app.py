@@ -32,7 +32,7 @@ from . import aiohttp_private, chat, polling, socketio, sse, ws
 from .counters import Counters, CountingServer, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
-from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
+from .keys import CONNECTIONS, COUNTERS, LISTENING, LOG, OPTIONS, Listening
 from .options import Options
 
 log = logging.getLogger("labserver")
@@ -96,6 +96,7 @@ def create_app(**options: Any) -> web.Application:
         app[LOG] = MemoryLog(opts.log_size, opts.queue_size)
     app[COUNTERS] = Counters()
     app[CONNECTIONS] = Connections()
+    app[LISTENING] = Listening()
 
     app.router.add_get("/", index)
     app.router.add_post("/publish", publish)
@@ -278,6 +279,8 @@ async def serve(
         await site.start()
         port = aiohttp_private.listening_port(site)
         log.info("labserver listening on http://%s:%d", opts.host, port)
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(opts.host, opts.host)
+        app[LISTENING].url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         if on_ready is not None:
             on_ready(port)
         await stop.wait()

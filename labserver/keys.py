@@ -7,6 +7,7 @@ route reaches the event log, the counters or the Socket.IO server as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -24,3 +25,14 @@ COUNTERS: web.AppKey[Counters] = web.AppKey("counters")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
 #: The Socket.IO server (``request.app[SIO].emit(...)``): the chapter's ``req.app.get('io')``.
 SIO: web.AppKey[LabAsyncServer] = web.AppKey("sio")
+
+
+@dataclass
+class Listening:
+    """Where the app's server listens, once it does (:func:`labserver.app.serve` sets it): the
+    chat's route-then-socket calls its own HTTP route there."""
+
+    url: str | None = None
+
+
+LISTENING: web.AppKey[Listening] = web.AppKey("listening")
