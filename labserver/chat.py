@@ -68,7 +68,7 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from socketio.packet import Packet
 
 from .errors import bad_request, json_error
-from .keys import OPTIONS, SIO
+from .keys import LISTENING, OPTIONS, SIO
 
 #: The session cookie (the chapter's ``connect.sid``).
 SESSION_COOKIE = "labserver_session"
@@ -390,10 +390,8 @@ class ChatNamespace(socketio.AsyncNamespace):
 def own_url(request: web.Request) -> str:
     """This server's own address, from the socket a request arrived on (not through a proxy)."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if sockname is None:
-        sockname = request._transport_sockname  # kept by aiohttp once the connection is gone
-    if not sockname:
-        return str(request.url.origin())
+    if not sockname:  # the connection is gone: where the server listens
+        return request.app[LISTENING].url or str(request.url.origin())
     host, port = sockname[0], sockname[1]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
