@@ -143,8 +143,8 @@ def update(po: polib.POFile, lesson: str, cells: list[tuple[str, str]]) -> polib
             made[text].occurrences.append((f"{lesson}.ipynb", cid))
             continue
         entry = polib.POEntry(msgid=text, msgstr="", occurrences=[(f"{lesson}.ipynb", cid)])
-        if text in by_text:
-            same = by_text[text]
+        same = by_text.get(text)
+        if same is not None and same.msgstr:
             entry.msgstr = same.msgstr
             entry.flags = list(same.flags)
             entry.previous_msgid = same.previous_msgid
@@ -358,7 +358,7 @@ def export(lesson: str, everything: bool = False) -> str:
         if e.fuzzy and e.previous_msgid:
             changes = difflib.unified_diff(e.previous_msgid.splitlines(), e.msgid.splitlines(),
                                            "translated from", "English now", lineterm="", n=0)
-            previous = "\n".join(changes) + "\n"
+            previous = "\n".join(changes) + "\n~~~~~\n"
         blocks.append(f"{head}\n{previous}{e.msgid}\n-----\n{e.msgstr}\n")
     return "\n".join(blocks)
 
@@ -371,14 +371,19 @@ def import_(path: Path) -> None:
     for block in blocks:
         head, _, rest = block.partition("\n")
         lesson, cid = head.split()[:2]
-        ko = rest.rsplit("\n-----\n", 1)[1] if "\n-----\n" in rest else rest
-        ko = ko.strip("\n")
+        en, _, ko = ("\n" + rest).rpartition("\n-----\n")
+        en, ko = en.rpartition("\n~~~~~\n")[2].strip("\n"), ko.strip("\n")
         if lesson not in pos:
             pos[lesson] = update(load(lesson), lesson,
                                  markdown_cells(nbformat.read(english(lesson), 4)))
         entry = next((e for e in pos[lesson] if not e.obsolete and cid in cell_ids(e)), None)
         if entry is None:
-            sys.exit(f"{lesson}: no cell {cid} in the English notebook")
+            # the cell is gone (rewritten under a new id): keep the translation of the English
+            # it was made from, so that update() offers it, fuzzy, to the cell most like it
+            print(f"{lesson}: no cell {cid} any more; kept as obsolete", file=sys.stderr)
+            if en:
+                pos[lesson].append(polib.POEntry(msgid=en, msgstr=ko, obsolete=True))
+            continue
         if found := problems(entry.msgid, ko):
             print(f"{lesson} {cid}: {'; '.join(found)}", file=sys.stderr)
         entry.msgstr = ko
@@ -386,6 +391,7 @@ def import_(path: Path) -> None:
             entry.flags.remove("fuzzy")
         entry.previous_msgid = None
     for lesson, po in pos.items():
+        po = update(po, lesson, markdown_cells(nbformat.read(english(lesson), 4)))
         CATALOGS.mkdir(parents=True, exist_ok=True)
         catalog_path(lesson).write_text(po.__unicode__(), encoding="utf-8")
 
