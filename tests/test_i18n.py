@@ -1,4 +1,5 @@
-"""The Korean edition (notebooks/ko, built by `make ko` from i18n/ko/*.po) is in step with the English.
+"""The Korean edition (notebooks/ko, built by `make ko` from i18n/ko/*.po) keeps step with the
+English.
 
 Fast: nothing runs, the catalogs are updated in memory from the English notebooks as `make ko`
 would. A shipped Korean lesson fails here when its English changed after it was translated (the
