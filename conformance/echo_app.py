@@ -1,11 +1,13 @@
-"""The Autobahn|Testsuite's peer: an echo route on labserver's own WebSocket connection.
+"""The Autobahn|Testsuite's peer: an echo route on labserver's own WebSocket.
 
 Autobahn's fuzzing client checks a server by sending it frames and messages and expecting every
 message back, unchanged. labserver's ``/ws`` answers only JSON ``{"echo": X}`` and refuses
-binary, so this *test* app (never the served one) adds ``GET /echo``: the same handshake checks
-as :func:`labserver.ws.websocket`, then the real :class:`labserver.ws.WebSocketConnection` —
-its frame reader, message assembler, fragment bound, close handshake and permessage-deflate —
-with only :meth:`EchoConnection.message_received` changed to send each message back.
+binary, so this *test* app (never the served one) adds ``GET /echo``: the same opening
+handshake (:func:`labserver.ws.upgrade`), the same asyncio shell
+(:class:`labserver.ws.WebSocketConnection`) and the same RFC 6455 state machine
+(:class:`labserver.wsprotocol.ServerProtocol`: frames, fragments and their bound, Ping/Pong,
+the closing handshake, permessage-deflate, UTF-8) as ``/ws``; only the handler differs —
+:class:`Echo` sends each message back.
 
 ``max_message_bytes`` is 16 MiB, the largest labserver allows, because Autobahn's case 9.1.6
 sends a 16 MiB message.
@@ -13,51 +15,32 @@ sends a 16 MiB message.
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 import labserver
-from labserver import wsframes
-from labserver.errors import json_error
 from labserver.keys import OPTIONS
-from labserver.takeover import take_over
-from labserver.whoami import client_address
-from labserver.ws import WebSocketConnection, is_upgrade
-from labserver.wsframes import INVALID_TEXT, TEXT, Deflate, ProtocolFailure
+from labserver.ws import WebSocketConnection, upgrade
+from labserver.wsprotocol import Message
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class EchoConnection(WebSocketConnection):
-    """A :class:`WebSocketConnection` that sends every message back, text or binary."""
+class Echo:
+    """A handler that sends every message back, text or binary."""
 
-    __slots__ = ()
+    def on_open(self, connection: WebSocketConnection) -> None:
+        pass
 
-    def message_received(self, opcode: int, compressed: bool, payload: bytes) -> None:
-        if compressed:
-            assert self.deflate is not None
-            payload = self.deflate.decompress(payload, self.message.max_bytes)
-        if opcode == TEXT:
-            try:
-                payload.decode()
-            except UnicodeDecodeError:
-                raise ProtocolFailure(INVALID_TEXT, "text messages must be UTF-8") from None
-        if self.deflate is None:
-            self.write(wsframes.frame(opcode, payload))
-        else:
-            self.write(wsframes.frame(opcode, self.deflate.compress(payload), rsv1=True))
+    def on_message(self, connection: WebSocketConnection, message: Message) -> None:
+        connection.send(message)
+
+    def on_close(self, connection: WebSocketConnection) -> None:
+        pass
 
 
 async def echo(request: web.Request) -> web.StreamResponse:
-    """``GET /echo``: the handshake of :func:`labserver.ws.websocket`, then an echo."""
-    key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
-    if not is_upgrade(request) or not wsframes.valid_key(key):
-        return json_error(400, "GET /echo needs a WebSocket upgrade")
-    offers = ", ".join(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()))
-    deflate = wsframes.negotiate_deflate(offers)
-    handshake = wsframes.handshake_response(key, deflate.response if deflate else None)
-    await take_over(request, EchoConnection(request.app, client_address(request), handshake,
-                                            None, None, Deflate(deflate) if deflate else None))
-    return web.Response()  # never sent: aiohttp no longer has the socket
+    """``GET /echo``: the handshake of ``/ws``, then an echo."""
+    return await upgrade(request, Echo())
 
 
 def make_app() -> web.Application:

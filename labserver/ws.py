@@ -37,7 +37,10 @@ interval on ``close``. This module does the same, and every event of the series 
 ``messages_out`` counts the events delivered (replays included); echoes, status and gap
 messages are not events. Every byte is counted where it crosses the socket, the handshake and
 frame headers included. What to look at first: :func:`websocket`, then
-:meth:`WebSocketConnection.connection_made` and :meth:`WebSocketConnection.send_event`.
+:class:`LabSocket` (what ``/ws`` does: :meth:`LabSocket.on_open`, :meth:`LabSocket.send_event`,
+:meth:`LabSocket.on_message`). The RFC's rules — the states, the closing handshake, Ping and
+Pong, failing the connection — are :class:`labserver.wsprotocol.ServerProtocol`'s, which
+:class:`WebSocketConnection` drives.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -61,19 +65,15 @@ from .takeover import holds_more, take_over
 from .whoami import client_address, request_host
 from .whoami import setup as setup_whoami
 from .wsframes import (
-    BINARY,
-    CLOSE,
     GOING_AWAY,
     INVALID_TEXT,
-    NO_STATUS,
-    PING,
     POLICY_VIOLATION,
-    PONG,
     TEXT,
     UNSUPPORTED_DATA,
     Deflate,
-    ProtocolFailure,
 )
+from .wsprotocol import CLOSED, Message, ServerProtocol
+from .wsprotocol import OPEN as OPEN_STATE
 
 log = logging.getLogger("labserver.ws")
 
@@ -99,7 +99,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     """``GET /ws``: the chapter's ``wss.on('connection', (ws, req) => ...)``.
 
     Everything that can be refused is refused here, as JSON, before the upgrade. Then the
-    101 answer and everything after it belong to a :class:`WebSocketConnection`.
+    101 answer and everything after it belong to a :class:`WebSocketConnection` whose
+    messages and events a :class:`LabSocket` handles.
     """
     app = request.app
     after = parse_after(request) if "after" in request.query else None
@@ -108,10 +109,18 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         origin = request.headers[hdrs.ORIGIN]
         return json_error(403, f"origin {origin} may not open /ws: not this server's origin "
                                "and not in allowed_origins")
+    return await upgrade(request, LabSocket(after, every_s))
+
+
+async def upgrade(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The opening handshake (§4.2): check the request, agree on permessage-deflate, answer
+    ``101`` — and the socket leaves aiohttp for a :class:`WebSocketConnection` whose messages
+    ``handler`` handles. A request that is no WebSocket upgrade gets a 400 JSON answer."""
     key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
     if not is_upgrade(request) or not wsframes.valid_key(key):
-        return json_error(400, "GET /ws needs a WebSocket upgrade (Upgrade: websocket, "
-                               "Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)",
+        return json_error(400, f"GET {request.path} needs a WebSocket upgrade (Upgrade: "
+                               "websocket, Connection: Upgrade, Sec-WebSocket-Key, "
+                               "Sec-WebSocket-Version: 13)",
                           {hdrs.SEC_WEBSOCKET_VERSION: "13"})  # §4.4: the version we speak
     if holds_more(request):  # bytes after the request, before our 101
         raise bad_request("a client must wait for the handshake's answer before sending "
@@ -119,8 +128,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     offers = ", ".join(request.headers.getall(hdrs.SEC_WEBSOCKET_EXTENSIONS, ()))  # §9.1: may
     deflate = wsframes.negotiate_deflate(offers)  # come in several header lines, as one list
     handshake = wsframes.handshake_response(key, deflate.response if deflate else None)
-    connection = WebSocketConnection(app, client_address(request), handshake, after, every_s,
-                                     Deflate(deflate) if deflate else None)
+    protocol = ServerProtocol(request.app[OPTIONS].max_message_bytes,
+                              Deflate(deflate) if deflate else None)
+    connection = WebSocketConnection(request.app, client_address(request), handshake, protocol,
+                                     handler)
     await take_over(request, connection)
     return web.Response()  # never sent: aiohttp no longer has the socket
 
@@ -133,40 +144,47 @@ def is_upgrade(request: web.Request) -> bool:
             and request.headers.get(hdrs.SEC_WEBSOCKET_VERSION) == "13")
 
 
+class Handler(Protocol):
+    """What a route does with its sockets (``/ws``: :class:`LabSocket`)."""
+
+    def on_open(self, connection: WebSocketConnection) -> None:
+        """After the ``101`` is written, in the same step."""
+
+    def on_message(self, connection: WebSocketConnection, message: Message) -> None:
+        """A whole message from the client (the protocol has inflated and decoded it)."""
+
+    def on_close(self, connection: WebSocketConnection) -> None:
+        """Once, when the socket stops being OPEN (a Close either way, a failure, the end
+        of the TCP connection): nothing more can be sent."""
+
+
 class WebSocketConnection(asyncio.Protocol):
-    """One client's WebSocket, from the 101 answer to the end of the TCP connection.
+    """One client's WebSocket, from the 101 answer to the end of the TCP connection: the
+    asyncio shell around a :class:`labserver.wsprotocol.ServerProtocol`.
 
     asyncio calls :meth:`connection_made` once, :meth:`data_received` with whatever bytes
-    arrive, :meth:`connection_lost` once at the end. Events come the other way: the log calls
-    :meth:`send_event` inside ``publish``, once per event, and it writes the event's shared
-    frame. Nothing here waits, so a connection needs no task: it is this object and its
-    transport.
+    arrive, :meth:`connection_lost` once at the end. The shell feeds the bytes to the
+    protocol, hands each message to the handler, writes what the protocol has to send, and
+    keeps what the RFC leaves to the I/O: timers (the close handshake's, and then the abort),
+    backpressure, the bytes counted at the socket, the registries of open connections.
+    Nothing here waits, so a connection needs no task: it is this object, its protocol, its
+    handler and its transport.
     """
 
-    __slots__ = ("app", "counters", "address", "handshake", "after", "every_s", "deflate",
-                 "transport", "frames", "message", "sub", "allowance", "answered",
-                 "close_sent", "close_code", "every_timer", "close_timer", "connection_key",
-                 "finished")
+    __slots__ = ("app", "counters", "address", "handshake", "protocol", "handler", "transport",
+                 "answered", "open", "close_timer", "connection_key", "finished")
 
     def __init__(self, app: web.Application, address: str, handshake: bytes,
-                 after: int | None, every_s: float | None, deflate: Deflate | None) -> None:
+                 protocol: ServerProtocol, handler: Handler) -> None:
         self.app = app
         self.counters: TransportCounters = app[COUNTERS]["ws"]
         self.address = address
         self.handshake = handshake
-        self.after = after
-        self.every_s = every_s
-        self.deflate = deflate
+        self.protocol = protocol
+        self.handler = handler
         self.transport: asyncio.Transport | None = None
-        max_bytes = app[OPTIONS].max_message_bytes
-        self.frames = wsframes.FrameReader(max_bytes, rsv1_allowed=deflate is not None)
-        self.message = wsframes.MessageAssembler(max_bytes)
-        self.sub: Subscription | None = None
-        self.allowance = 0  # unsent bytes a client may have beyond queue_size events (its replay)
         self.answered = True  # sent something since the last ping
-        self.close_sent = False
-        self.close_code: int | None = None
-        self.every_timer: asyncio.TimerHandle | None = None
+        self.open = False  # the handler's on_open ran and its on_close has not
         self.close_timer: asyncio.TimerHandle | None = None
         self.connection_key = 0
         self.finished: asyncio.Future[None] | None = None  # made only when someone waits
@@ -174,7 +192,7 @@ class WebSocketConnection(asyncio.Protocol):
     # --- asyncio's callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """The 101 answer, the replay, then live events: all in this one step."""
+        """The 101 answer, then the handler's opening (``/ws``: the replay, live events)."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.write(self.handshake)
@@ -183,34 +201,21 @@ class WebSocketConnection(asyncio.Protocol):
         self.app[OPEN].add(self)
         self.connection_key = self.app[CONNECTIONS].add("ws", self.drop)
         log.info("ws client connected %s", self.address)
-        event_log = self.app[LOG]
-        self.sub = event_log.subscribe()  # first, so that nothing published from now is missed
-        self.sub.forward(self.send_event, self.replay(event_log))
-        self.allowance = transport.get_write_buffer_size()
-        if self.every_s is not None:
-            self.every_timer = asyncio.get_running_loop().call_later(self.every_s,
-                                                                     self.send_status)
+        self.open = True
+        self.handler.on_open(self)
+        self.sync()
 
     def data_received(self, data: bytes) -> None:
-        """Client frames: answer pings, assemble messages, fail the connection on bad ones."""
+        """Client frames: the protocol answers pings and closes and fails the connection on
+        broken ones; each whole message goes to the handler."""
         self.counters.bytes_in += len(data)
         self.answered = True
-        try:
-            for f in self.frames.feed(data):
-                if f.opcode == CLOSE:
-                    self.close_received(f.payload)
-                    return
-                if f.opcode == PING:
-                    if not self.close_sent:
-                        self.write(wsframes.frame(PONG, f.payload))
-                elif f.opcode != PONG:
-                    message = self.message.add(f)
-                    if message is not None and not self.close_sent:
-                        self.message_received(*message)
-        except ProtocolFailure as failure:  # §7.1.7: say why, then end the TCP connection
-            self.close(failure.code, failure.reason)
-            self.frames.buffer.clear()
-            self.end_connection()
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for message in protocol.events_received():
+            self.counters.messages_in += 1
+            self.handler.on_message(self, message)  # its answer goes out in order: sync()
+        self.sync()
 
     def pause_writing(self) -> None:
         """The client is not reading what we write: stop reading what it writes (its echoes
@@ -226,6 +231,138 @@ class WebSocketConnection(asyncio.Protocol):
         if self.close_timer is not None:
             self.close_timer.cancel()
         self.finish()
+
+    # --- what the handler calls ---------------------------------------------------------
+
+    def send_text(self, payload: bytes) -> int:
+        """A text message for this client alone; the bytes written (0 once not OPEN)."""
+        self.protocol.send_text(payload)
+        return self.sync()
+
+    def send(self, message: Message) -> int:
+        """A message of either kind (an echo)."""
+        self.protocol.send(message.opcode, message.payload)
+        return self.sync()
+
+    def ping(self) -> None:
+        self.protocol.send_ping()
+        self.sync()
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the close handshake (§7.1.2): a Close frame, then wait for the client's.
+
+        No data may follow the Close frame. A client that does not answer within
+        :data:`CLOSE_TIMEOUT_S` (it stopped reading) is given up: the transport is closed,
+        which still flushes the Close frame behind its unread backlog, and
+        :data:`FLUSH_GRACE_S` later the connection is aborted.
+        """
+        self.protocol.close(code, reason)
+        self.sync()
+
+    # --- the protocol's bytes and state, to the socket ----------------------------------
+
+    def sync(self) -> int:
+        """Write what the protocol has to send; follow its state: stop the handler once the
+        socket is not OPEN, time the client's Close while CLOSING, end TCP once CLOSED."""
+        protocol = self.protocol
+        written = 0
+        for data in protocol.data_to_send():
+            self.write(data)
+            written += len(data)
+        if protocol.state is not OPEN_STATE and self.transport is not None:
+            self.stop()
+            if protocol.state is CLOSED:
+                if not self.transport.is_closing():
+                    self.end_connection()
+            elif self.close_timer is None:
+                self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S,
+                                                                         self.give_up)
+        return written
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        self.counters.bytes_out += len(data)
+
+    def give_up(self) -> None:
+        """No Close frame came back in time."""
+        self.end_connection()
+        self.finish()
+
+    def end_connection(self) -> None:
+        """Close the TCP connection once our bytes are flushed; abort if they never are."""
+        assert self.transport is not None
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self.transport.close()
+        self.close_timer = asyncio.get_running_loop().call_later(FLUSH_GRACE_S,
+                                                                 self.transport.abort)
+
+    def stop(self) -> None:
+        """The handler's ``on_close``, once."""
+        if self.open:
+            self.open = False
+            self.handler.on_close(self)
+
+    def finish(self) -> None:
+        """The connection is over for the server (closed, or given up): count it out, once."""
+        if self.connection_key == 0:
+            return
+        self.stop()
+        self.counters.open -= 1
+        self.app[OPEN].discard(self)
+        self.app[CONNECTIONS].discard("ws", self.connection_key)
+        self.connection_key = 0
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(None)
+        log.info("ws client disconnected %s (close code %s)", self.address,
+                 self.protocol.close_code)
+
+    async def drop(self) -> None:
+        """``POST /drop`` and shutdown: close with 1001 and wait (briefly) for the end."""
+        if self.connection_key == 0:
+            return
+        self.finished = asyncio.get_running_loop().create_future()
+        self.close(GOING_AWAY, "dropped by the server")
+        await asyncio.wait((self.finished,), timeout=CLOSE_TIMEOUT_S + 0.1)
+
+
+class LabSocket:
+    """What ``/ws`` does with a socket (the app's side; the RFC's is the protocol's).
+
+    On open it subscribes to the event log, replays ``?after=ID`` and then forwards every
+    event as it is published (:meth:`send_event`); it starts the ``?every=S`` timer. A
+    message is echoed, logged, or refused: binary with 1003, text that starts like JSON and
+    is not JSON with 1007. On close the timer and the subscription stop.
+    """
+
+    __slots__ = ("after", "every_s", "connection", "sub", "allowance", "every_timer")
+
+    def __init__(self, after: int | None, every_s: float | None) -> None:
+        self.after = after
+        self.every_s = every_s
+        self.connection: WebSocketConnection | None = None
+        self.sub: Subscription | None = None
+        self.allowance = 0  # unsent bytes a client may have beyond queue_size events (its replay)
+        self.every_timer: asyncio.TimerHandle | None = None
+
+    def on_open(self, connection: WebSocketConnection) -> None:
+        """The replay, then live events: all in this one step."""
+        self.connection = connection
+        event_log = connection.app[LOG]
+        self.sub = event_log.subscribe()  # first, so that nothing published from now is missed
+        self.sub.forward(self.send_event, self.replay(event_log))
+        assert connection.transport is not None
+        self.allowance = connection.transport.get_write_buffer_size()
+        if self.every_s is not None:
+            self.every_timer = asyncio.get_running_loop().call_later(self.every_s,
+                                                                     self.send_status)
+
+    def on_close(self, connection: WebSocketConnection) -> None:
+        if self.every_timer is not None:  # the chapter's clearInterval(ws.interval)
+            self.every_timer.cancel()
+        if self.sub is not None:
+            self.sub.close()
 
     # --- events out ---------------------------------------------------------------------
 
@@ -244,149 +381,64 @@ class WebSocketConnection(asyncio.Protocol):
         """Write one event; ``False`` when this client is too slow (the log then drops it).
 
         Runs once per client per event, inside ``publish``: the frame is the event's shared
-        bytes (:func:`text_frame`, built once), so this is one ``transport.write``. Too slow
-        means more than ``queue_size`` events' worth of bytes unsent (beyond its replay): the
-        connection is closed with 1008, and the publisher and the other clients never wait.
+        bytes (:func:`text_frame`, built once), so this is one ``transport.write`` — while
+        the protocol is OPEN, since nothing may follow a Close frame. Too slow means more
+        than ``queue_size`` events' worth of bytes unsent (beyond its replay): the connection
+        is closed with 1008, and the publisher and the other clients never wait.
         """
-        transport = self.transport
-        if self.close_sent or transport is None:
+        connection = self.connection
+        assert connection is not None and self.sub is not None
+        transport = connection.transport
+        if transport is None or connection.protocol.state is not OPEN_STATE:
             return True  # the connection is ending: nothing may follow a Close frame
-        if self.deflate is None:
+        if connection.protocol.deflate is None:
             data = event.encoded(text_frame)
-        else:
-            data = wsframes.frame(TEXT, self.deflate.compress(event.json.encode()), rsv1=True)
-        transport.write(data)
-        counters = self.counters
-        counters.bytes_out += len(data)
-        counters.messages_out += 1
-        if transport.get_write_buffer_size() <= self.allowance + self.sub.maxsize * len(data):
+            transport.write(data)
+            connection.counters.bytes_out += (size := len(data))
+        else:  # compressed for this client alone: its compressor keeps a window
+            size = connection.send_text(event.json.encode())
+        connection.counters.messages_out += 1
+        if transport.get_write_buffer_size() <= self.allowance + self.sub.maxsize * size:
             return True
-        self.close(POLICY_VIOLATION, "send queue full")
+        connection.close(POLICY_VIOLATION, "send queue full")
         return False
 
     def send_json(self, value: object) -> None:
         """A message that is not an event (echo, status, gap): framed for this client alone."""
-        payload = json.dumps(value, separators=(",", ":")).encode()
-        if self.deflate is None:
-            self.write(wsframes.frame(TEXT, payload))
-        else:
-            self.write(wsframes.frame(TEXT, self.deflate.compress(payload), rsv1=True))
+        assert self.connection is not None
+        self.connection.send_text(json.dumps(value, separators=(",", ":")).encode())
 
     def send_status(self) -> None:
         """``?every=S``: the chapter's ``setInterval(() => ws.send(...), 3000)``."""
-        if self.close_sent:  # the chapter's `if (ws.readyState === ws.OPEN)`
+        assert self.connection is not None and self.every_s is not None
+        if self.connection.protocol.state is not OPEN_STATE:  # `if (ws.readyState === ...)`
             return
         self.send_json({"status": STATUS_TEXT, "ts": time.time()})
-        assert self.every_s is not None
         self.every_timer = asyncio.get_running_loop().call_later(self.every_s, self.send_status)
-
-    def write(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-        self.counters.bytes_out += len(data)
 
     # --- messages in --------------------------------------------------------------------
 
-    def message_received(self, opcode: int, compressed: bool, payload: bytes) -> None:
+    def on_message(self, connection: WebSocketConnection, message: Message) -> None:
         """``ws.on('message', ...)``: echo, log, or refuse binary (1003)."""
-        self.counters.messages_in += 1
-        if compressed:
-            assert self.deflate is not None
-            payload = self.deflate.decompress(payload, self.message.max_bytes)
-        if opcode == BINARY:
-            self.close(UNSUPPORTED_DATA, "binary messages are not accepted: send JSON text")
+        if message.text is None:
+            connection.close(UNSUPPORTED_DATA, "binary messages are not accepted: send JSON text")
             return
-        try:
-            text = payload.decode()
-        except UnicodeDecodeError:
-            raise ProtocolFailure(INVALID_TEXT, "text messages must be UTF-8") from None
-        self.answer_text(text)
+        self.answer_text(connection, message.text)
 
-    def answer_text(self, text: str) -> None:
+    def answer_text(self, connection: WebSocketConnection, text: str) -> None:
         """Echo ``{"echo": X}``, log any other text; a text starting like JSON must be JSON."""
         if text.lstrip()[:1] not in ("{", "["):
-            log.info("ws text from %s: %s", self.address, text[:LOGGED_TEXT_CHARS])
+            log.info("ws text from %s: %s", connection.address, text[:LOGGED_TEXT_CHARS])
             return
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            self.close(INVALID_TEXT, "text starting with { or [ must be valid JSON")
+            connection.close(INVALID_TEXT, "text starting with { or [ must be valid JSON")
             return
         if isinstance(value, dict) and "echo" in value:
             self.send_json({"echo": value["echo"]})
         else:
-            log.info("ws JSON from %s: %s", self.address, text[:LOGGED_TEXT_CHARS])
-
-    # --- closing ------------------------------------------------------------------------
-
-    def close(self, code: int, reason: str) -> None:
-        """Start the close handshake (§7.1.2): a Close frame, then wait for the client's.
-
-        No data may follow the Close frame. A client that does not answer within
-        :data:`CLOSE_TIMEOUT_S` (it stopped reading) is given up: the transport is closed,
-        which still flushes the Close frame behind its unread backlog, and
-        :data:`FLUSH_GRACE_S` later the connection is aborted.
-        """
-        if self.close_sent or self.transport is None:
-            return
-        self.close_sent = True
-        self.close_code = code
-        self.write(wsframes.close_frame(code, reason))
-        self.stop_sending()
-        self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.give_up)
-
-    def close_received(self, payload: bytes) -> None:
-        """The client's Close frame: answer it (unless it answers ours), then end the TCP
-        connection; the server closes first (§7.1.1)."""
-        code = wsframes.closing_code(payload)
-        if not self.close_sent:
-            self.close_sent = True
-            self.close_code = code
-            self.write(wsframes.frame(CLOSE, payload[:2]) if code != NO_STATUS
-                       else wsframes.frame(CLOSE, b""))
-            self.stop_sending()
-        self.end_connection()
-
-    def give_up(self) -> None:
-        """No Close frame came back in time."""
-        self.end_connection()
-        self.finish()
-
-    def end_connection(self) -> None:
-        """Close the TCP connection once our bytes are flushed; abort if they never are."""
-        assert self.transport is not None
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-        self.transport.close()
-        self.close_timer = asyncio.get_running_loop().call_later(FLUSH_GRACE_S,
-                                                                 self.transport.abort)
-
-    def stop_sending(self) -> None:
-        if self.every_timer is not None:  # the chapter's clearInterval(ws.interval)
-            self.every_timer.cancel()
-        if self.sub is not None:
-            self.sub.close()
-
-    def finish(self) -> None:
-        """The connection is over for the server (closed, or given up): count it out, once."""
-        if self.connection_key == 0:
-            return
-        self.stop_sending()
-        self.counters.open -= 1
-        self.app[OPEN].discard(self)
-        self.app[CONNECTIONS].discard("ws", self.connection_key)
-        self.connection_key = 0
-        if self.finished is not None and not self.finished.done():
-            self.finished.set_result(None)
-        log.info("ws client disconnected %s (close code %s)", self.address, self.close_code)
-
-    async def drop(self) -> None:
-        """``POST /drop`` and shutdown: close with 1001 and wait (briefly) for the end."""
-        if self.connection_key == 0:
-            return
-        self.finished = asyncio.get_running_loop().create_future()
-        self.close(GOING_AWAY, "dropped by the server")
-        await asyncio.wait((self.finished,), timeout=CLOSE_TIMEOUT_S + 0.1)
+            log.info("ws JSON from %s: %s", connection.address, text[:LOGGED_TEXT_CHARS])
 
 
 def text_frame(event: Event) -> bytes:
@@ -404,13 +456,13 @@ async def heartbeat(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(every_s)
             for connection in list(app[OPEN]):
                 transport = connection.transport
-                if transport is None or connection.close_sent:
+                if transport is None or connection.protocol.state is not OPEN_STATE:
                     continue
                 if not connection.answered:
                     transport.abort()  # no pong: the peer is gone or not reading
                     continue
                 connection.answered = False
-                connection.write(wsframes.frame(PING, b""))
+                connection.ping()
 
     task = asyncio.create_task(sweep(), name="ws-heartbeat")
     yield

@@ -16,8 +16,9 @@ the RFC:
   ``Sec-WebSocket-Extensions``; :class:`Deflate` compresses a message (RSV1 set) and
   decompresses one, bounded.
 
-Nothing here does I/O: :class:`labserver.ws.WebSocketConnection` feeds bytes in and writes
-what comes out.
+Nothing here does I/O, and nothing here keeps a connection's state: that is
+:class:`labserver.wsprotocol.ServerProtocol` (OPEN, CLOSING, CLOSED), which uses these pieces;
+:class:`labserver.ws.WebSocketConnection` feeds it bytes and writes what comes out.
 """
 
 from __future__ import annotations
@@ -143,8 +144,9 @@ class FrameReader:
     """Client bytes in, whole frames out; at most ``max_payload`` bytes buffered per frame.
 
     ``feed(data)`` yields every frame the bytes complete and keeps a partial one for the next
-    call. The header is checked as soon as it is complete, so an oversized or unmasked frame
-    is refused before its payload is read.
+    call (``receive(data)`` then ``frames()`` do the same in two steps). The header is checked
+    as soon as it is complete, so an oversized or unmasked frame is refused before its payload
+    is read.
     """
 
     __slots__ = ("buffer", "max_payload", "rsv1_allowed")
@@ -155,8 +157,19 @@ class FrameReader:
         self.rsv1_allowed = rsv1_allowed  # permessage-deflate was negotiated
 
     def feed(self, data: bytes) -> Iterator[Frame]:
+        self.receive(data)
+        return self.frames()
+
+    def receive(self, data: bytes) -> None:
+        self.buffer += data
+
+    def discard(self) -> None:
+        """Forget what is buffered: the connection reads no more (it failed, or closed)."""
+        self.buffer.clear()
+
+    def frames(self) -> Iterator[Frame]:
+        """The whole frames buffered, each taken from the buffer as it is yielded."""
         buffer = self.buffer
-        buffer += data
         while len(buffer) >= 2:
             b0, b1 = buffer[0], buffer[1]
             fin, rsv1, opcode = bool(b0 & 0x80), bool(b0 & 0x40), b0 & 0x0F

@@ -475,7 +475,8 @@ async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None
         ws = await websockets.connect(url, proxy=None, compression=None)
         await recv_json(ws)  # a status message: the timer runs
         (connection,) = app[ws_module.OPEN]
-        assert connection.every_timer is not None and not connection.every_timer.cancelled()
+        timer = connection.handler.every_timer
+        assert timer is not None and not timer.cancelled()
         if how == "close handshake":
             await ws.close()
         elif how == "connection dropped":
@@ -486,7 +487,7 @@ async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None
         while app[ws_module.OPEN] or app[COUNTERS]["ws"].open:
             assert time.monotonic() < deadline, "the connection outlived its socket"
             await asyncio.sleep(0.02)
-        assert connection.every_timer.cancelled()  # the chapter's clearInterval
+        assert timer.cancelled()  # the chapter's clearInterval
         assert connection.transport is not None
         deadline = time.monotonic() + 5
         while not connection.transport.is_closing():
