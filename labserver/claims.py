@@ -67,6 +67,10 @@ class Claim:
     line: str
     notebook: str | None = field(default=None)
 
+    def _ipython_display_(self) -> None:
+        """A claim's line is printed when it is checked: as a cell's last expression, a claim
+        shows nothing more (no dataclass repr under the line, in Lab and under nbval alike)."""
+
 
 def fmt(value: float, digits: int | None = None) -> str:
     """A number as a learner reads it: integers plainly, small values with enough decimals

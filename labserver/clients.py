@@ -526,3 +526,88 @@ async def chromium_poll_request(srv: Stats) -> BrowserRequest:
         header_names=tuple(sorted(headers)),
     )
 
+
+# --- clients in processes of their own ------------------------------------------------------
+
+
+async def run_apart(srv: Stats, clients: dict[str, str], workload: Workload = WORKLOAD,
+                    options: dict[str, dict[str, Any]] | None = None,
+                    timeout_s: float = 30.0) -> dict[str, Deliveries]:
+    """Clients on one stream of events, each in a **process of its own**: what each received.
+
+    ``clients`` maps a name to a transport (a key of :data:`CLIENTS`), e.g.
+    ``{"sse": "sse", "ws": "ws"}``. Clients that share one event loop (:func:`run_together`)
+    are served one after the other when an event reaches both sockets, so the second one notes
+    a later time: a gap made by the loop, not by the transport. Here every client has its own
+    interpreter and loop (``multiprocessing``, *spawn*: the same on Linux and macOS), so a gap
+    between two clients is the server's and the transport's. Each child connects, says so, and
+    records every event with ``time.time()`` (one clock for the whole machine); the driver
+    publishes once every child is connected.
+    """
+    import multiprocessing
+
+    options = options or {}
+    after = (await srv.astats())["events"]["last_id"]
+    context = multiprocessing.get_context("spawn")
+    pipes, children = {}, []
+    for name, transport in clients.items():
+        parent_end, child_end = context.Pipe()
+        child = context.Process(target=_apart_child, daemon=True, args=(
+            transport, srv.url, after, workload, options.get(name, {}), child_end))
+        child.start()
+        pipes[name] = parent_end
+        children.append(child)
+    try:
+        for name, pipe in pipes.items():
+            _expect(await _receive(pipe, timeout_s), "connected", name)
+        await publish_workload(srv, workload)
+        results = {}
+        for name, pipe in pipes.items():
+            ids, sent_ts, received_ts = _expect(
+                await _receive(pipe, workload.duration_s + DELIVERY_GRACE_S), "deliveries", name)
+            results[name] = Deliveries(ids, sent_ts, received_ts)
+        return results
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.terminate()
+                child.join(timeout=5)
+
+
+async def _receive(pipe: Any, timeout_s: float) -> Any:
+    """The next message from a child, or ``TimeoutError``."""
+    if not await asyncio.to_thread(pipe.poll, timeout_s):
+        raise TimeoutError(f"a client process sent nothing within {timeout_s} s")
+    try:
+        return pipe.recv()
+    except EOFError:
+        return ("error", "its process ended without a word (see its stderr)")
+
+
+def _expect(message: tuple[str, Any], kind: str, name: str) -> Any:
+    if message[0] != kind:
+        raise RuntimeError(f"client {name!r} in its process: {message[1]}")
+    return message[1]
+
+
+def _apart_child(transport: str, url: str, after: int, workload: Workload,
+                 options: dict[str, Any], pipe: Any) -> None:
+    """One client in its own process (the target of :func:`run_apart`)."""
+    try:
+        asyncio.run(_apart_main(transport, url, after, workload, options, pipe))
+    except BaseException as exc:  # the driver reads the error instead of waiting for nothing
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+async def _apart_main(transport: str, url: str, after: int, workload: Workload,
+                      options: dict[str, Any], pipe: Any) -> None:
+    job = Job(after, workload.events, asyncio.Event())
+    task = asyncio.create_task(CLIENTS[transport][0](url, job, **options))
+    await _until([task], [job.connected], 10)
+    pipe.send(("connected", None))
+    await _until([task], [job.received_all], workload.duration_s + DELIVERY_GRACE_S)
+    job.release.set()
+    await asyncio.wait_for(task, 10)
+    d = job.deliveries
+    pipe.send(("deliveries", (d.ids, d.sent_ts, d.received_ts)))
