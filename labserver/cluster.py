@@ -322,3 +322,36 @@ class RedisProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def counter_after_restart(persistence: str, how: str, increments: int = 20,
+                          executable: str | None = None) -> int:
+    """What a restart leaves of a cluster's id counter: a fresh :class:`RedisProcess` with
+    ``persistence`` gets ``increments`` ``INCR`` of :data:`ID_KEY` (what each publish does), then
+    ``how`` — ``"crash"`` (SIGKILL) or ``"stop"`` (SIGTERM) — and a restart; returns the counter
+    it comes back with (0 when the key is gone)."""
+    import tempfile
+
+    import redis
+
+    if how not in ("crash", "stop"):
+        raise ValueError(f"how is 'crash' or 'stop', not {how!r}")
+    key = ID_KEY.format(prefix="labserver")
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisProcess(directory, executable, persistence=persistence).start()
+        try:
+            client = redis.Redis.from_url(server.url)
+            for _ in range(increments):
+                client.incr(key)
+            client.close()
+            if how == "crash":
+                server.crash()
+            else:
+                server.stop()
+            server.start()
+            client = redis.Redis.from_url(server.url)
+            left = int(client.get(key) or 0)
+            client.close()
+        finally:
+            server.stop()
+    return left

@@ -12,8 +12,8 @@ stay in the notebook's cells; this module holds what they need around them:
   and the bytes of each request and response: how a lesson sees that a browser's WebSocket still
   upgrades over HTTP/1.1 beside HTTP/2, and what HPACK does to a repeated poll's headers;
 * :data:`REPEATED_POLLS` the page-side loop (``fetch`` N times) that a lesson runs in Chromium;
-* :func:`stream_head_bytes` how many bytes a stream sends before its first event (its HTTP
-  head and ``retry:`` line): what shares nginx's first buffer with the events;
+* :func:`response_head_bytes` the size of a stream's HTTP head: what shares nginx's first
+  buffer with the first events;
 * :func:`nginx_messages` the lines of nginx's error log without their timestamps and ids;
 * :func:`visit` opens pages side by side in headless Chromium (Debian's, never a downloaded
   one) that accepts the run's self-signed certificate (``ignore_https_errors``), publishes, and
@@ -100,24 +100,17 @@ async def logged_requests(proxy: Any, settle_s: float = 0.3,
     return logged
 
 
-async def stream_head_bytes(url: str, path: str = "/sse", quiet_s: float = 0.3) -> int:
-    """The bytes a stream at ``url + path`` sends before its first event — its HTTP head and
-    anything written at once (``retry:``) — asked the way nginx asks without
-    ``proxy_http_version 1.1`` (HTTP/1.0): read until nothing more comes for ``quiet_s``."""
+async def response_head_bytes(url: str, path: str = "/sse", timeout_s: float = 5.0) -> int:
+    """The bytes of the HTTP head (status line and headers, up to the blank line) that
+    ``url + path`` answers to an HTTP/1.0 request — the way nginx asks without
+    ``proxy_http_version 1.1``. nginx reads that head into its first buffer, so it shares the
+    buffer with the first events of a stream."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
-        received = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), quiet_s)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            received += chunk
-        return len(received)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout_s)
+        return len(head)
     finally:
         writer.close()
 

@@ -24,7 +24,7 @@ import socketio
 
 import labserver
 from labserver.chat import SESSION_COOKIE
-from labserver.cluster import RedisProcess
+from labserver.cluster import RedisProcess, counter_after_restart
 from labserver.nginx import Nginx
 
 pytestmark = pytest.mark.timeout(60)
@@ -222,22 +222,8 @@ def test_what_survives_a_restart_follows_the_persistence_settings(
         redis_server_path: str, persistence: str, how: str, kept: bool) -> None:
     """The lesson's Redis (append-only, fsync always) keeps the id counter through a crash;
     redis-server's defaults keep it through a clean stop (a snapshot on SIGTERM) only."""
-    import redis
-
-    with tempfile.TemporaryDirectory() as directory:
-        server = RedisProcess(directory, redis_server_path, persistence=persistence).start()
-        try:
-            client = redis.Redis.from_url(server.url)
-            for _ in range(20):
-                client.incr("labserver:last_id")
-            client.close()
-            getattr(server, how)()
-            server.start()
-            client = redis.Redis.from_url(server.url)
-            assert client.get("labserver:last_id") == (b"20" if kept else None)
-            client.close()
-        finally:
-            server.stop()
+    left = counter_after_restart(persistence, how, 20, redis_server_path)
+    assert left == (20 if kept else 0)
 
 
 def test_persistence_must_be_named() -> None:
