@@ -28,7 +28,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from . import aiohttp_private, chat, polling, socketio, sse, ws
+from . import chat, polling, socketio, sse, ws
+from ._fast import aiohttp_private
 from .counters import Counters, CountingServer, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog

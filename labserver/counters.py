@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
-from . import aiohttp_private
+from ._fast import aiohttp_private
 from .keys import COUNTERS
 
 TRANSPORTS = ("poll", "long_poll", "sse", "ws", "socketio")

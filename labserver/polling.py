@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ._fast.keepalive import setup as setup_keepalive
+from ._fast.keepalive import taking_over
 from .counters import open_gauge
 from .errors import bad_request, cursor, query_seconds
 from .events import Page
-from .keepalive import setup as setup_keepalive
-from .keepalive import taking_over
 from .keys import COUNTERS, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
 

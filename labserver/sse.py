@@ -58,10 +58,10 @@ import logging
 
 from aiohttp import web
 
+from ._fast.fanout import SocketWriter
 from .counters import TransportCounters, open_gauge
 from .errors import bad_request, cursor
 from .events import Event, EventLog, Subscription
-from .fanout import SocketWriter
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .options import Options
 

@@ -56,12 +56,12 @@ from urllib.parse import urlsplit
 from aiohttp import hdrs, web
 
 from . import wsframes
+from ._fast.takeover import holds_more, take_over
 from .counters import TransportCounters
 from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
 from .polling import parse_after
-from .takeover import holds_more, take_over
 from .whoami import client_address, request_host
 from .whoami import setup as setup_whoami
 from .wsframes import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from labserver import aiohttp_private
+from labserver._fast import aiohttp_private
 
 
 def test_the_private_parts_labserver_reads_are_there() -> None:

@@ -19,8 +19,8 @@ import conftest
 import pytest
 
 import labserver
-from labserver.keepalive import served_here
-from labserver.takeover import HeadLimits, parse_head
+from labserver._fast.keepalive import served_here
+from labserver._fast.takeover import HeadLimits, parse_head
 
 
 def parse_long_poll(head: bytes) -> tuple[int, float] | None:
@@ -267,7 +267,7 @@ async def test_stop_closes_held_kept_alive_polls(make_server) -> None:
 
 async def test_idle_connections_are_closed_by_one_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     """In-process server (the real ``serve()``) with a short keep-alive period."""
-    from labserver import keepalive
+    from labserver._fast import keepalive
     from labserver.app import create_app
 
     monkeypatch.setattr(keepalive, "KEEPALIVE_S", 0.2)

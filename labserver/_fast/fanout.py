@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .counters import TransportCounters
-from .events import Event
+from ..counters import TransportCounters
+from ..events import Event
 
 
 class SocketWriter:

@@ -49,11 +49,11 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from multidict import MultiMapping
 
-from .counters import CountingRequestHandler, TransportCounters
-from .errors import cursor, seconds_between
-from .events import EventLog, Page
-from .keys import COUNTERS, LOG
-from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
+from ..counters import CountingRequestHandler, TransportCounters
+from ..errors import cursor, seconds_between
+from ..events import EventLog, Page
+from ..keys import COUNTERS, LOG
+from ..options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
 from .takeover import (
     HeadLimits,
     can_take_over,

@@ -36,8 +36,8 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 
+from ..counters import CountingRequestHandler
 from . import aiohttp_private
-from .counters import CountingRequestHandler
 
 
 def holds_more(request: web.Request) -> bool:

@@ -1,0 +1,2 @@
+"""The private tier: what exists only to be fast, and every undocumented part it relies on.
+"""
