@@ -277,9 +277,18 @@ def localize_links(text: str, shipped: set[str]) -> str:
     return "".join(p if p.startswith("```") else LINK.sub(fix, p) for p in parts)
 
 
+def object_particle(word: str) -> str:
+    """을 after a final consonant (받침), 를 after a vowel: 정리를, 이해하기를."""
+    last = word[-1]
+    if "가" <= last <= "힣":
+        return "을" if (ord(last) - ord("가")) % 28 else "를"
+    return "을(를)"
+
+
 def note(lesson: str) -> str:
     sections = ", ".join(f"**{SECTIONS[s]}**" for s in LESSONS[lesson])
-    return (f"> **한국어판** · 《Node.js 교과서》 12장의 {sections}을 다시 만듭니다.  \n"
+    particle = object_particle(SECTIONS[LESSONS[lesson][-1]])
+    return (f"> **한국어판** · 《Node.js 교과서》 12장의 {sections}{particle} 다시 만듭니다.  \n"
             f"> 용어는 [용어집]({GLOSSARY})에 영어와 함께 모았습니다. "
             f"영어 원문: [{lesson}](../{lesson}.ipynb) · 코드와 출력은 원문과 같습니다.")
 
