@@ -22,6 +22,10 @@ from labserver.screenshot import CHROMIUM_ARGS, find_chromium  # one home for Ch
 # Hundreds of tests start a server: keep one child warm (its imports done) for the next start.
 labserver.process.keep_spare()
 
+# A test run (nbval's kernels inherit this environment) never rewrites the committed
+# notebooks/screenshots/: only `make notebooks` sets LABSERVER_SCREENSHOTS=write.
+os.environ.pop("LABSERVER_SCREENSHOTS", None)
+
 
 def require(tool: str, path: str | None) -> str:
     """The path of a tool a test needs: skip without it, or fail under CI=true."""

@@ -4,6 +4,9 @@ committed path only under ``LABSERVER_SCREENSHOTS=write``; it waits on its own p
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from labserver import screenshot as shots
 from labserver.screenshot import screenshot
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
 async def test_screenshot_waits_for_the_published_event(srv: labserver.Server, tmp_path: Path,
@@ -121,3 +125,25 @@ async def test_without_chromium_the_committed_picture_is_kept(tmp_path: Path,
     monkeypatch.setattr(shutil, "which", lambda name: None)
     path = await screenshot("http://127.0.0.1:9/never-opened", committed)
     assert path == committed and committed.read_bytes() == PNG_MAGIC + b"old"
+
+
+def test_a_test_run_does_not_write_the_committed_pictures() -> None:
+    """conftest drops the variable, so nbval's kernels take their pictures into temp files."""
+    assert os.environ.get(shots.SCREENSHOTS_ENV) is None and not shots.writes_committed()
+
+
+def test_notebooks_name_a_committed_picture_only_through_screenshot() -> None:
+    """Every ``"screenshots/….png"`` in a lesson's code is the path argument of ``screenshot()``
+    (or of ``output_path()``, for a picture another helper takes): a cell that writes or shows
+    the committed file itself would rewrite the clone in every run, or show a stale picture."""
+    wrong = []
+    for notebook in sorted(NOTEBOOKS.glob("[0-9]*.ipynb")):
+        cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+        for index, cell in enumerate(cells):
+            source = "".join(cell["source"])
+            if cell["cell_type"] != "code":
+                continue
+            for literal in re.finditer(r"""["']screenshots/[^"']+["']""", source):
+                if not re.search(r"\b(screenshot|output_path)\([^()]*$", source[:literal.start()]):
+                    wrong.append(f"{notebook.name} cell {index}: {literal.group()}")
+    assert not wrong, "the committed picture named outside screenshot(): " + "; ".join(wrong)
