@@ -1,4 +1,5 @@
-"""What a kept-alive long poll costs the server: the light path (labserver/keepalive.py) or aiohttp.
+"""What a kept-alive long poll costs the server: the light path (labserver/_fast/keepalive.py)
+or aiohttp.
 
     .venv/bin/python benchmarks/bench_keepalive.py [--requests 20000] [--clients 50]
 

@@ -7,16 +7,18 @@
     srv.stop()
 
 Modules, one concern each. Transports: ``polling`` (short and long polling), ``sse``
-(Server-Sent Events), ``ws`` (WebSocket) with ``wsframes`` (RFC 6455 by hand), ``socketio``
-(Socket.IO), ``chat`` (rooms and shared sessions). Shared pieces: ``events`` (the event log and
-its cursors — read its docstring first), ``fanout`` (one write per client), ``takeover``
-(connections leave aiohttp after their first request: ``ws``, and ``keepalive`` for long
-polls), ``counters`` (bytes at the socket), ``app`` (the factory), ``options``, ``errors``,
-``keys``, ``whoami`` (the client's address and proxies), ``process`` (the handle), ``cluster``
-(scale-out on Redis), ``nginx`` (a real nginx in front of the nodes), ``aiohttp_private``
-(the only module that reads aiohttp's private parts, checked by a test), ``measure`` and
-``clients`` (what the lessons measure with), ``production`` (08's drivers: idle streams, nginx's
-logs, pages in Chromium) and ``screenshot`` (a demo page's picture, taken in the run).
+(Server-Sent Events), ``ws`` (WebSocket) with ``wsprotocol`` (RFC 6455's states, sans I/O)
+and ``wsframes`` (its frames by hand), ``socketio`` (Socket.IO), ``chat`` (rooms and shared
+sessions). Shared pieces: ``events`` (the event log and its cursors — read its docstring
+first), ``counters`` (requests, events, bytes at the socket), ``app`` (the factory),
+``options``, ``errors``, ``keys``, ``whoami`` (the client's address and proxies), ``process``
+(the handle), ``cluster`` (scale-out on Redis), ``nginx`` (a real nginx in front of the
+nodes), ``measure`` and ``clients`` (what the lessons measure with), ``production`` (08's
+drivers: idle streams, nginx's logs, pages in Chromium) and ``screenshot`` (a demo page's
+picture, taken in the run). What exists only to be fast — connections taken from aiohttp,
+kept-alive long polls, byte counting, the direct writes of SSE and Socket.IO — is the private
+tier ``_fast``, the only code that reads the libraries' private parts, checked by its canary
+(``labserver._fast.problems()``).
 """
 
 from .app import create_app

@@ -26,11 +26,11 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_server import Server
 
 from . import chat, polling, socketio, sse, ws
 from ._fast import aiohttp_private
-from .counters import Counters, CountingServer, counting_middleware
+from ._fast.counting import CountingAppRunner
+from .counters import Counters, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
 from .keys import CONNECTIONS, COUNTERS, LISTENING, LOG, OPTIONS, Listening
@@ -250,15 +250,6 @@ async def close_connections(app: web.Application) -> None:
 
 
 # --- running it -------------------------------------------------------------------------
-
-
-class CountingAppRunner(aiohttp_private.ServerHook):
-    """An ``AppRunner`` whose connections count their bytes at the socket."""
-
-    def made(self, server: Server) -> Server:
-        server.__class__ = CountingServer  # aiohttp builds a plain Server; ours makes the protocol
-        server.counters = self.app[COUNTERS]  # type: ignore[attr-defined]
-        return server
 
 
 async def serve(

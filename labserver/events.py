@@ -351,7 +351,7 @@ class MemoryLog:
 
     def hold(self, wake: Callable[[], None]) -> None:
         """Call ``wake()`` once, at the next event (a long poll held by its connection, with
-        no coroutine waiting: :mod:`labserver.keepalive`)."""
+        no coroutine waiting: :mod:`labserver._fast.keepalive`)."""
         self._held.add(wake)
 
     def unhold(self, wake: Callable[[], None]) -> None:

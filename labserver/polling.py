@@ -72,6 +72,6 @@ async def long_poll(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/poll", poll)
-    # A kept-alive connection's next long polls are served off aiohttp (labserver.keepalive).
+    # A kept-alive connection's next long polls are served off aiohttp (labserver._fast.keepalive).
     app.router.add_get("/long-poll", taking_over(long_poll))
     setup_keepalive(app)

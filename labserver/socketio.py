@@ -47,7 +47,6 @@ Routes reach this server the way the chapter's ``req.app.get('io')`` does:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -56,9 +55,10 @@ from typing import Any
 
 import socketio
 from aiohttp import hdrs, web
-from engineio.async_drivers import aiohttp as engineio_aiohttp
 from socketio.packet import Packet
 
+from ._fast import socketio as fast_socketio
+from ._fast.fanout import too_slow
 from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
@@ -113,103 +113,53 @@ def news_frame(event: Event) -> bytes:
     return frame(TEXT, b'42["news",' + event.json.encode() + b"]")
 
 
-class FanOutWebSocket(engineio_aiohttp.WebSocket):
-    """python-engineio's aiohttp WebSocket, which also tells its session where it writes.
-
-    While the WebSocket of a session is open, ``session.lab_websocket`` is this object, so the
-    fan-out can write the shared frame to its socket (:func:`idle_websocket`).
-    """
-
-    transport: Any = None
-
-    async def __call__(self, environ: dict[str, Any]) -> Any:
-        session = getattr(self.handler, "__self__", None)  # the bound _websocket_handler
-        self.transport = environ["aiohttp.request"].transport  # counts bytes at the socket
-        if session is not None:
-            session.lab_websocket = self
-        try:
-            return await super().__call__(environ)
-        finally:
-            if session is not None:
-                session.lab_websocket = None
-
-
-def idle_websocket(session: Any) -> asyncio.Transport | None:
-    """The socket of a session whose WebSocket carries it and has nothing waiting to be sent.
-
-    python-engineio writes a session's packets from its queue in a writer task. A frame
-    written straight to the socket keeps its place in line only when that queue is empty and
-    the writer is waiting on it (nothing taken out and not yet written), the upgrade from
-    polling is over, and the socket neither closes nor compresses (permessage-deflate frames
-    are per client). Anything else takes python-socketio's own path.
-    """
-    websocket = getattr(session, "lab_websocket", None)
-    if websocket is None or not session.upgraded or session.upgrading or session.closed:
-        return None
-    sock, transport = websocket._sock, websocket.transport
-    if sock is None or sock.closed or sock.compress or transport.is_closing():
-        return None
-    queue = session.queue
-    if not queue.empty() or not any(not getter.done() for getter in queue._getters):
-        return None
-    return transport
-
-
 # --- the server ---------------------------------------------------------------------------
 
 
-class LabAsyncServer(socketio.AsyncServer):
+class LabAsyncServer(fast_socketio.EngineIOHooks):
     """python-socketio's ``AsyncServer`` plus what a teaching server must add.
 
-    Three Engine.IO hooks of python-socketio are extended, each calling the original:
-    a new Engine.IO connection is counted (``open``) and registered with ``POST /drop``; its
-    end is uncounted; a message that cannot be parsed as Socket.IO drops the client instead
-    of raising inside the library (python-socketio would log it and keep the client).
+    Three Engine.IO hooks of python-socketio are extended (:class:`~labserver._fast.socketio.
+    EngineIOHooks` calls these after, or around, the original): a new Engine.IO connection is
+    counted (``open``) and registered with ``POST /drop``; its end is uncounted; a message
+    that cannot be parsed as Socket.IO drops the client instead of raising inside the library
+    (python-socketio would log it and keep the client).
     """
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
-        # python-engineio picks its WebSocket class from this table (a copy: the driver's
-        # own table stays as it is); FanOutWebSocket lets the fan-out write to the socket.
-        self.eio._async = {**self.eio._async, "websocket": FanOutWebSocket}
-        self._tracked: dict[str, int] = {}  # session id → its key in app[CONNECTIONS]
-        self._upgrades: dict[str, web.Request] = {}  # session id → its WebSocket upgrade
+        fast_socketio.install(self)  # the fan-out may write to an idle WebSocket's socket
+        self.tracked: dict[str, int] = {}  # session id → its key in app[CONNECTIONS]
+        self.upgrades: dict[str, web.Request] = {}  # session id → its WebSocket upgrade
 
     @property
     def counters(self) -> TransportCounters:
         return self.app[COUNTERS]["socketio"]
 
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
-        result = await super()._handle_eio_connect(eio_sid, environ)
-
+    def engineio_connected(self, eio_sid: str) -> None:
         async def close() -> None:
             await self.drop_connection(eio_sid, "dropped by POST /drop")
 
-        self._tracked[eio_sid] = self.app[CONNECTIONS].add("socketio", close)
+        self.tracked[eio_sid] = self.app[CONNECTIONS].add("socketio", close)
         self.counters.open += 1
-        return result
 
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+    def engineio_disconnecting(self, eio_sid: str, reason: Any) -> None:
         session = self.eio.sockets.get(eio_sid)
         if session is not None and reason == self.reason.CLIENT_DISCONNECT:
             # The client sent ``1`` (close): answer its held poll now, not after the
             # heartbeat (python-engineio leaves it waiting, and the client's disconnect()
             # waits for it).
             session.queue.put_nowait(None)
-        try:
-            await super()._handle_eio_disconnect(eio_sid, reason)
-        finally:
-            key = self._tracked.pop(eio_sid, None)
-            if key is not None:
-                self.app[CONNECTIONS].discard("socketio", key)
-                self.counters.open -= 1
 
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except Exception as exc:  # anything the client's bytes made the parser raise
-            await self.drop_connection(eio_sid, f"unparsable Socket.IO packet: {exc!r}")
+    def engineio_disconnected(self, eio_sid: str) -> None:
+        key = self.tracked.pop(eio_sid, None)
+        if key is not None:
+            self.app[CONNECTIONS].discard("socketio", key)
+            self.counters.open -= 1
+
+    async def unparsable(self, eio_sid: str, exc: Exception) -> None:
+        await self.drop_connection(eio_sid, f"unparsable Socket.IO packet: {exc!r}")
 
     async def drop_connection(self, eio_sid: str, why: str, abort_tcp: bool = False) -> None:
         """Close a client's Engine.IO connection as a network failure would.
@@ -232,7 +182,7 @@ class LabAsyncServer(socketio.AsyncServer):
 
     def websocket_request(self, eio_sid: str) -> web.Request | None:
         """The HTTP request whose connection carries this session's WebSocket, if any."""
-        request = self._upgrades.get(eio_sid)
+        request = self.upgrades.get(eio_sid)
         if request is None:  # a WebSocket from the start: its own request opened the session
             environ = self.environ.get(eio_sid, {})
             request = environ.get("aiohttp.request")
@@ -344,13 +294,7 @@ class NewsFanOut:
         # get it through python-socketio, in order behind what they already have queued.
         frame = event.encoded(news_frame)
         self.last_frame_size = len(frame)
-        queued = []
-        for sid, eio_sid in recipients:
-            transport = idle_websocket(self.sio.eio.sockets.get(eio_sid))
-            if transport is None:
-                queued.append(sid)
-            else:
-                transport.write(frame)
+        queued = fast_socketio.write_to_idle(self.sio, recipients, frame)
         if queued:
             # ignore_queue: with a message queue (scale-out on Redis) every node's event log
             # already receives every event, so each node emits to its own sockets only.
@@ -362,14 +306,13 @@ class NewsFanOut:
         A socket written to directly holds its backlog in its send buffer instead: past
         ``queue_size`` events' worth of unsent bytes it goes too.
         """
-        limit = self.queue_size * self.last_frame_size
         for _, eio_sid in self.sio.manager.get_participants("/", None):
             session = self.sio.eio.sockets.get(eio_sid)
             if session is None:
                 continue
-            websocket = getattr(session, "lab_websocket", None)
-            unsent = websocket.transport.get_write_buffer_size() if websocket else 0
-            if session.queue.qsize() >= self.queue_size or unsent > limit:
+            unsent = fast_socketio.unsent_bytes(session)
+            if (session.queue.qsize() >= self.queue_size
+                    or too_slow(unsent, 0, self.queue_size, self.last_frame_size)):
                 await self.sio.drop_connection(eio_sid, "send queue full", abort_tcp=True)
 
     async def replay(self, sid: str, after: int) -> None:
@@ -424,7 +367,7 @@ async def engineio_endpoint(request: web.Request) -> web.StreamResponse:
                                "origin and not in allowed_origins")
     upgrade_of = request.query.get("sid") if request.query.get("transport") == "websocket" else None
     if upgrade_of is not None:
-        sio._upgrades[upgrade_of] = request
+        sio.upgrades[upgrade_of] = request
     try:
         return await sio.handle_request(request)
     except Exception as exc:
@@ -434,8 +377,8 @@ async def engineio_endpoint(request: web.Request) -> web.StreamResponse:
         await sio.drop_connection(eio_sid, f"unparsable Engine.IO packet: {exc!r}")
         raise
     finally:
-        if upgrade_of is not None and sio._upgrades.get(upgrade_of) is request:
-            del sio._upgrades[upgrade_of]
+        if upgrade_of is not None and sio.upgrades.get(upgrade_of) is request:
+            del sio.upgrades[upgrade_of]
 
 
 CLIENT_JS: web.AppKey[bytes] = web.AppKey("socketio_client_js")

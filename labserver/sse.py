@@ -35,7 +35,7 @@ The rest is what keeps one long response healthy:
   (Mounted in an app of your own without it, a gone client is noticed at the next write: the
   next event or heartbeat, within ``heartbeat_s``.)
 * Each event is framed once — its block, as one HTTP chunk — and the event log writes those
-  same bytes to every open stream as it is published (:mod:`labserver.fanout`, see
+  same bytes to every open stream as it is published (:mod:`labserver._fast.fanout`, see
   :meth:`~labserver.events.Subscription.forward`): per client, one write, no task to wake.
 * A client that stops reading leaves bytes unsent; past ``queue_size`` events' worth its
   :class:`~labserver.events.Subscription` overflows and it is dropped — its connection
@@ -58,7 +58,7 @@ import logging
 
 from aiohttp import web
 
-from ._fast.fanout import SocketWriter
+from ._fast.fanout import stream_writer
 from .counters import TransportCounters, open_gauge
 from .errors import bad_request, cursor
 from .events import Event, EventLog, Subscription
@@ -149,7 +149,8 @@ async def stream_events(
 
     ``sub`` was taken *before* the log is read here, so an event published in between is in
     both; ``sub.forward`` then skips what the replay already sent, by id. From then on the log
-    writes each event to this stream as it is published (:class:`SocketWriter`), and this
+    writes each event to this stream as it is published (a writer of the private tier:
+    :func:`labserver._fast.fanout.stream_writer`), and this
     coroutine only fills silences: every ``heartbeat_s`` in which nothing was written, a
     ``: ping``. A client that stops reading overflows ``sub`` (the handler drops it).
     """
@@ -163,9 +164,8 @@ async def stream_events(
             await response.write(event.encoded(encode_event))
             counters.messages_out += 1
         sent_through = page.last_id
-    chunked = response.headers.get("Transfer-Encoding") == "chunked"  # HTTP/1.1
-    wire = encode_event_chunk if chunked else encode_event
-    writer = SocketWriter(transport, wire, opts.queue_size, counters)
+    # From now on the log writes each event's block to the socket (labserver._fast).
+    writer = stream_writer(response, transport, encode_event, opts.queue_size, counters)
     sub.forward(writer, sent_through)
     try:
         while True:
@@ -175,16 +175,6 @@ async def stream_events(
                 await response.write(HEARTBEAT)
     except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
         return
-
-
-def encode_event_chunk(event: Event) -> bytes:
-    """:func:`encode_event` as one HTTP/1.1 chunk (RFC 9112 §7.1: size in hex, CRLF, data, CRLF).
-
-    That is what ``response.write(block)`` puts on the wire of a chunked response; framed here
-    once per event, the same bytes then go to every stream.
-    """
-    block = event.encoded(encode_event)
-    return f"{len(block):x}\r\n".encode() + block + b"\r\n"
 
 
 async def sse(request: web.Request) -> web.StreamResponse:

@@ -6,7 +6,7 @@ interval on ``close``. This module does the same, and every event of the series 
 
 * **one port** (12.7.1): the upgrade is an ordinary ``GET /ws`` on the HTTP server (RFC 6455 §4).
   aiohttp routes it and :func:`websocket` checks it; then the socket leaves aiohttp
-  (:func:`labserver.takeover.take_over`) for a :class:`WebSocketConnection` — a plain
+  (:func:`labserver._fast.takeover.take_over`) for a :class:`WebSocketConnection` — a plain
   ``asyncio.Protocol`` that speaks RFC 6455 itself (:mod:`labserver.wsframes`), as Node's
   ``ws`` does on a raw socket.
   An idle connection is then a transport and one small object, not an HTTP request, its
@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 from aiohttp import hdrs, web
 
 from . import wsframes
+from ._fast.fanout import too_slow
 from ._fast.takeover import holds_more, take_over
 from .counters import TransportCounters
 from .errors import bad_request, json_error, query_seconds
@@ -398,7 +399,8 @@ class LabSocket:
         else:  # compressed for this client alone: its compressor keeps a window
             size = connection.send_text(event.json.encode())
         connection.counters.messages_out += 1
-        if transport.get_write_buffer_size() <= self.allowance + self.sub.maxsize * size:
+        if not too_slow(transport.get_write_buffer_size(), self.allowance, self.sub.maxsize,
+                        size):
             return True
         connection.close(POLICY_VIOLATION, "send queue full")
         return False

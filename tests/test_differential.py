@@ -5,7 +5,7 @@ with the events' timestamps frozen so that answers compare byte for byte. The sa
 bytes go
 
 * to server A as the *next* requests of a kept-alive connection whose first request was a
-  plain ``GET /long-poll`` — served by :mod:`labserver.keepalive` once aiohttp handed the
+  plain ``GET /long-poll`` — served by :mod:`labserver._fast.keepalive` once aiohttp handed the
   connection over;
 * to server B on a fresh connection, where aiohttp answers them all.
 
@@ -110,20 +110,22 @@ def read_response(sock: socket.socket) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def exchange(port: int, data: bytes, first: bytes = b"") -> tuple[bytes, bytes]:
+def exchange(port: int, data: bytes, first: bytes = b"", quiet_s: float = 5) -> tuple[bytes,
+                                                                                     bytes]:
     """``first`` (answered and read), then ``data`` and :data:`END` in one write; returns the
-    first answer and everything after it until the server closes."""
+    first answer and everything after it until the server closes (which :data:`END` asks for:
+    a well-formed ``data`` gets ``quiet_s``, a loaded machine's margin, not :data:`QUIET_S`)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         answer = b""
         if first:
             sock.sendall(first)
             answer = read_response(sock)
         sock.sendall(data + END)
-        return answer, read_until_closed(sock)
+        return answer, read_until_closed(sock, quiet_s)
 
 
-def read_until_closed(sock: socket.socket) -> bytes:
-    sock.settimeout(QUIET_S)
+def read_until_closed(sock: socket.socket, quiet_s: float = QUIET_S) -> bytes:
+    sock.settimeout(quiet_s)
     received = b""
     try:
         while chunk := sock.recv(65536):

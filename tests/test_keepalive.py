@@ -1,4 +1,4 @@
-"""Kept-alive long polls served off aiohttp (labserver/keepalive.py), over real sockets.
+"""Kept-alive long polls served off aiohttp (labserver/_fast/keepalive.py), over real sockets.
 
 Which side answered is visible on the wire: aiohttp sends a ``Server`` header, the connection's
 own answers do not. Every test checks the same contract as tests/test_polling.py — JSON, counters,

@@ -1,10 +1,11 @@
 """Every part of aiohttp that labserver uses and aiohttp does not promise to keep, in one place.
 
-labserver counts bytes at the socket (:mod:`labserver.counters`) and takes connections from
-aiohttp and gives them back (:mod:`labserver.takeover`). Both need a few of aiohttp's private
-names; they are read here and nowhere else, so that an aiohttp upgrade that renames one fails
-in one test (``tests/test_aiohttp_private.py``, which runs :func:`problems`) with a message that
-names the aiohttp version, instead of failing somewhere in a connection:
+labserver counts bytes at the socket (:mod:`labserver._fast.counting`) and takes connections
+from aiohttp and gives them back (:mod:`labserver._fast.takeover`). Both need a few of
+aiohttp's private names; they are read here and nowhere else, so that an aiohttp upgrade that
+renames one fails in one test (``tests/test_fast.py``, which runs :func:`labserver._fast.problems`
+and so :func:`problems`) with a message that names the aiohttp version, instead of failing
+somewhere in a connection:
 
 * ``RequestHandler._messages`` and ``RequestHandler._message_tail``: requests aiohttp has parsed
   but not handled yet, and bytes it keeps after an upgrade request (:func:`holds_more`);
@@ -12,12 +13,12 @@ names the aiohttp version, instead of failing somewhere in a connection:
   (:func:`make_handler`, for a subclass of ``RequestHandler``);
 * ``BaseRunner._make_server``: the hook where the runner builds its ``Server``
   (:data:`MAKE_SERVER`; :class:`ServerHook` overrides it, for
-  ``labserver.app.CountingAppRunner``), and ``TCPSite._server``, where a started site's
+  ``labserver._fast.counting.CountingAppRunner``), and ``TCPSite._server``, where a started site's
   sockets are (:func:`listening_port`);
 * ``aiohttp.http.HttpRequestParser`` with aiohttp's own constructor arguments, and
   ``web_protocol.MAX_MSG_QUEUE_SIZE`` (how many pipelined requests a connection's parser
   queues before it stops): the parser (llhttp, where aiohttp's C extension is built) that
-  :mod:`labserver.takeover` runs on the requests of a kept-alive connection, so they are
+  :mod:`labserver._fast.takeover` runs on the requests of a kept-alive connection, so they are
   parsed as aiohttp parses them.
 """
 
@@ -40,8 +41,6 @@ CHECKED_WITH = "3.14.5"
 #: The runner's hook that builds its ``Server``.
 MAKE_SERVER = "_make_server"
 
-#: ``HttpRequestParser``'s keyword arguments that :func:`labserver.takeover.parse_head` passes.
-PARSER_ARGUMENTS = ("max_line_size", "max_headers", "max_field_size")
 
 
 class ServerHook(web.AppRunner):

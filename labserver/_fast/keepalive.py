@@ -11,9 +11,10 @@ route's handler (:func:`labserver.polling.long_poll`, which knows nothing of it)
 
 * the connection is taken only after a plain ``GET`` over HTTP/1.1 that keeps it alive — a
   ``HEAD``, an HTTP/1.0 request or one with a body is answered by aiohttp as any other —
-  and with the bytes aiohttp had already read past it (:func:`labserver.takeover.unread_bytes`);
+  and with the bytes aiohttp had already read past it
+  (:func:`labserver._fast.takeover.unread_bytes`);
 * each next request is parsed by aiohttp's own parser (llhttp, with the connection's limits:
-  :func:`labserver.takeover.parse_head`), its target read as aiohttp reads it (``yarl.URL``),
+  :func:`labserver._fast.takeover.parse_head`), its target read as aiohttp reads it (``yarl.URL``),
   and served here only when aiohttp would answer it with the long poll's page and keep the
   connection as it is (:func:`served_here`);
 * a held request waits in the event log (``EventLog.hold``), not in a coroutine: ``publish``
@@ -26,10 +27,10 @@ route's handler (:func:`labserver.polling.long_poll`, which knows nothing of it)
   unread, plus one answer;
 * **anything else** (another route or method, a bad parameter, a body, HTTP/1.0,
   ``Connection: close``, a head the parser refuses) is handed back to aiohttp with its bytes
-  (:func:`labserver.takeover.hand_back`), which answers it exactly as on a fresh connection —
+  (:func:`labserver._fast.takeover.hand_back`), which answers it exactly as on a fresh connection —
   errors as JSON included. A read that aiohttp's parser refuses goes back whole, none of its
   requests answered here, since aiohttp would answer it with its 400 alone
-  (:func:`labserver.takeover.refuses`). Nothing is answered here that aiohttp would answer
+  (:func:`labserver._fast.takeover.refuses`). Nothing is answered here that aiohttp would answer
   differently, except that this path sends no ``Server`` header (``tests/test_differential.py``
   checks it, byte for byte).
 
@@ -49,11 +50,12 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from multidict import MultiMapping
 
-from ..counters import CountingRequestHandler, TransportCounters
+from ..counters import TransportCounters
 from ..errors import cursor, seconds_between
 from ..events import EventLog, Page
 from ..keys import COUNTERS, LOG
 from ..options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
+from .counting import CountingRequestHandler
 from .takeover import (
     HeadLimits,
     can_take_over,

@@ -7,7 +7,7 @@ connection once aiohttp has routed and checked its request:
 
 * :func:`take_over` gives the connection to a plain ``asyncio.Protocol`` of ours
   (:class:`labserver.ws.WebSocketConnection` after a WebSocket handshake,
-  :class:`labserver.keepalive.LongPollConnection` for a keep-alive long poll);
+  :class:`labserver._fast.keepalive.LongPollConnection` for a keep-alive long poll);
 * :func:`hand_back` returns it to aiohttp with the bytes it has not read yet, when a request
   comes that only aiohttp should answer;
 * :func:`unread_bytes` says what aiohttp has read past the request, so that the new owner
@@ -20,7 +20,7 @@ parser refuses, or that it reads differently from a hand-made split, goes back t
 
 Both use public asyncio calls only: ``connect_accepted_socket`` on a copy of the socket's
 file descriptor, ``set_protocol`` on a transport. What they must know of aiohttp's private
-parts is read in :mod:`labserver.aiohttp_private`, checked against the pinned version.
+parts is read in :mod:`labserver._fast.aiohttp_private`, checked against the pinned version.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from ..counters import CountingRequestHandler
 from . import aiohttp_private
+from .counting import CountingRequestHandler
 
 
 def holds_more(request: web.Request) -> bool:
