@@ -14,6 +14,9 @@ stay in the notebook's cells; this module holds what they need around them:
 * :data:`REPEATED_POLLS` the page-side loop (``fetch`` N times) that a lesson runs in Chromium;
 * :func:`response_head_bytes` the size of a stream's HTTP head: what shares nginx's first
   buffer with the first events;
+* :func:`upgrade_status` and :func:`socketio_transport` try a WebSocket handshake, and a
+  default Socket.IO connection, through a proxy: what a missing upgrade line breaks;
+* :func:`whoami` asks ``GET /whoami`` from a client bound to another loopback address;
 * :func:`nginx_messages` the lines of nginx's error log without their timestamps and ids;
 * :func:`visit` opens pages side by side in headless Chromium (Debian's, never a downloaded
   one) that accepts the run's self-signed certificate (``ignore_https_errors``), publishes, and
@@ -124,6 +127,38 @@ def nginx_messages(proxy: Any, contains: str = "") -> list[str]:
         if match and contains in match.group(1):
             messages.append(match.group(1))
     return messages
+
+
+async def upgrade_status(base: str) -> int:
+    """The status of a WebSocket handshake on ``base + /ws``: 101 when it upgrades."""
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(base.replace("http", "ws", 1) + "/ws"):
+                return 101
+        except aiohttp.WSServerHandshakeError as error:
+            return error.status
+
+
+async def socketio_transport(base: str) -> str:
+    """The transport a default Socket.IO client ends on (polling first, then the upgrade)."""
+    import socketio
+
+    client = socketio.AsyncClient()
+    await client.connect(base, wait_timeout=5)
+    transport = client.transport()
+    await client.disconnect()
+    return transport
+
+
+async def whoami(base: str, headers: dict[str, str] | None = None,
+                 local_address: str = "127.0.0.2") -> dict[str, Any]:
+    """``GET base + /whoami`` from a client whose socket is bound to ``local_address`` (on
+    Linux all of 127.0.0.0/8 is this machine; macOS needs ``sudo ifconfig lo0 alias
+    127.0.0.2``): the address and ``X-Forwarded-For`` the server saw."""
+    connector = aiohttp.TCPConnector(local_addr=(local_address, 0))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(base + "/whoami", headers=headers) as response:
+            return await response.json()
 
 
 async def idle_websocket(url: str, hold_s: float) -> float:
