@@ -180,3 +180,61 @@ async def drive(
     run.stats = stats_diff(before, await srv.astats())
     assert run.deliveries.ids == run.ids, "every event exactly once, in order"
     return run
+
+
+def draw_timeline(ax: Any, run: ClientRun, title: str, window_ms: float = 600) -> None:
+    """Draw a :class:`ClientRun`'s first ``window_ms`` on a matplotlib ``ax`` (01_polling).
+
+    Each request is a bar from sent to answered, on two alternating rows so that one can be told
+    from the next: blue if it brought events, gray if empty. Each event is a red triangle at its
+    publish time, joined by a line to the answer that brought it.
+    """
+    ms = lambda t: (t - run.t0) * 1000  # noqa: E731
+    row = {}
+    for i, (sent, answered, n) in enumerate(run.requests):
+        row[answered] = i % 2
+        if ms(sent) <= window_ms:
+            ax.barh(i % 2, max(ms(answered) - ms(sent), 2), left=ms(sent), height=0.5,
+                    color="tab:blue" if n else "lightgray", edgecolor="k", linewidth=0.4)
+    for published, received in zip(run.deliveries.sent_ts, run.deliveries.received_ts,
+                                   strict=True):
+        if ms(published) <= window_ms:
+            ax.plot([ms(published), ms(received)], [2, row[received] + 0.3], "tab:red", lw=0.8)
+            ax.plot(ms(published), 2, "v", color="tab:red")
+    ax.set(yticks=[0.5, 2], yticklabels=["requests", "events"], ylim=(-0.5, 2.4),
+           xlim=(0, window_ms), title=title)
+
+
+def draw_two_clocks(ax: Any, waits_ms: Sequence[float], event_every_ms: float = 50,
+                    poll_every_ms: float = 100, start_ms: float = 25, events: int = 7) -> None:
+    """Draw the first ``events`` events of a fixed event clock and the polls of a fixed poll
+    clock on ``ax``, with an arrow from each event to the poll that brings it, labelled with
+    its wait from ``waits_ms`` (01_polling's model of short polling)."""
+    times = [event_every_ms * n for n in range(events)]
+    polls = [start_ms + poll_every_ms * k for k in range(int(times[-1] // poll_every_ms) + 2)]
+    ax.plot(times, [1] * len(times), "v", color="tab:red")
+    ax.plot(polls, [0] * len(polls), "^", color="tab:blue")
+    for t, wait in zip(times, waits_ms, strict=False):
+        ax.annotate("", (t + wait, 0.12), (t, 0.88),
+                    arrowprops={"arrowstyle": "->", "color": "gray"})
+        ax.text(t + wait / 2 + 3, 0.5, f"{wait:.0f} ms", fontsize=8)
+    ax.set(yticks=[0, 1], ylim=(-0.4, 1.4), xlabel="time since the first event (ms)",
+           yticklabels=[f"polls: every {poll_every_ms:.0f} ms from {start_ms:.0f} ms",
+                        f"events: every {event_every_ms:.0f} ms"])
+
+
+def recv_for(sock: Any, seconds: float) -> bytes:
+    """What a blocking socket receives until it has been silent for ``seconds`` (02_sse)."""
+    sock.settimeout(seconds)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except TimeoutError:
+        pass
+    return data
+
+
+def visible(raw: bytes) -> str:
+    """Bytes as text with their line ends shown: ``␍␊`` for CRLF, ``␊`` for a lone LF."""
+    return raw.decode().replace("\r\n", "␍␊\0").replace("\n", "␊\n").replace("\0", "\n")
