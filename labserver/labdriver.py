@@ -77,6 +77,11 @@ class Lab:
         return Path(self._home.name) / "lab.log"
 
     def start(self) -> Lab:
+        """Start Lab and wait until it answers."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> Lab:
+        """Start Lab without waiting (start the browser meanwhile), then :meth:`wait_ready`."""
         self._home = tempfile.TemporaryDirectory(prefix="labdriver-")
         home = Path(self._home.name)
         for name, values in SETTINGS.items():
@@ -101,6 +106,10 @@ class Lab:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(command, env=env, stdout=log,
                                             stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self) -> Lab:
+        assert self.process is not None, "launch() first"
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
@@ -135,16 +144,22 @@ class Lab:
         self.stop()
 
 
+def lessons(folder: Path) -> list[str]:
+    """The lessons in a folder and its translations (``ko/``), as paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("[0-9]*.ipynb")
+                  if ".ipynb_checkpoints" not in p.parts)
+
+
 def copy_notebooks(source: Path, target: Path, *, markdown_only: bool = False) -> list[str]:
-    """Copy a folder's lessons (``[0-9]*.ipynb``) and their ``screenshots/`` to ``target``, so a
+    """Copy a folder's :func:`lessons` and their ``screenshots/`` to ``target``, so a
     driven Lab never writes into the committed notebooks; the names copied, sorted.
 
     ``markdown_only=True`` keeps only the Markdown cells, each noting its index in the original
     (``metadata.labdriver_cell``, which :func:`read_mermaid` reports): Lab opens such a copy in
     a third of the time (no code editors, no outputs), and its diagrams are the same."""
-    target.mkdir(parents=True, exist_ok=True)
-    names = sorted(p.name for p in source.glob("[0-9]*.ipynb"))
+    names = lessons(source)
     for name in names:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
         notebook = json.loads((source / name).read_text(encoding="utf-8"))
         if markdown_only:
             notebook["cells"] = [{**cell, "metadata": {**cell["metadata"], "labdriver_cell": i}}
@@ -152,8 +167,9 @@ def copy_notebooks(source: Path, target: Path, *, markdown_only: bool = False) -
                                  if cell["cell_type"] == "markdown"]
         (target / name).write_text(json.dumps(notebook, ensure_ascii=False, indent=1),
                                    encoding="utf-8")
-    if (source / "screenshots").is_dir():
-        shutil.copytree(source / "screenshots", target / "screenshots", dirs_exist_ok=True)
+    for shots in source.rglob("screenshots"):
+        if shots.is_dir():
+            shutil.copytree(shots, target / shots.relative_to(source), dirs_exist_ok=True)
     return names
 
 
@@ -341,8 +357,10 @@ class RunAll:
 
 _READ_RUN = """path => {
   const w = window.__nb[path];
+  // an empty code cell (an exercise's answer cell) is never sent to the kernel: not counted
   const cells = w.content.widgets.map((cell, index) => ({cell, index}))
-                 .filter(({cell}) => cell.model.type === 'code');
+                 .filter(({cell}) => cell.model.type === 'code' &&
+                                     cell.model.sharedModel.getSource().trim() !== '');
   const errors = [], timing = [];
   let run = 0, running = null;
   for (const {cell, index} of cells) {

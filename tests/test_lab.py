@@ -25,7 +25,7 @@ import pytest
 from labserver import labdriver
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-LESSONS = sorted(p.name for p in NOTEBOOKS.glob("[0-9]*.ipynb"))
+LESSONS = labdriver.lessons(NOTEBOOKS)  # and their translations, notebooks/ko/
 
 #: A Note with a ``;``: a statement separator in Mermaid, so this diagram does not parse.
 BROKEN = """```mermaid
@@ -53,9 +53,13 @@ def lab_root() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def lab_page(chromium_path: str, lab_root: Path) -> Iterator[Any]:
     """One JupyterLab on a free loopback port, loaded once in one headless Chromium."""
-    with labdriver.Lab(lab_root) as lab, labdriver.lab_browser(chromium_path) as page:
-        labdriver.open_lab(page, lab)
-        yield page
+    lab = labdriver.Lab(lab_root).launch()  # Lab and Chromium start side by side
+    try:
+        with labdriver.lab_browser(chromium_path) as page:
+            labdriver.open_lab(page, lab.wait_ready())
+            yield page
+    finally:
+        lab.stop()
 
 
 def failures(cells: list[labdriver.MermaidCell]) -> list[str]:
