@@ -396,6 +396,12 @@ def import_(path: Path) -> None:
         if found := problems(entry.msgid, ko):
             print(f"{lesson} {cid}: {'; '.join(found)}", file=sys.stderr)
         entry.msgstr = ko
+        if en and en != entry.msgid:
+            # the English changed after the export: the Korean is of the exported English
+            entry.flags = sorted(set(entry.flags) | {"fuzzy"})
+            entry.previous_msgid = en
+            print(f"{lesson} {cid}: the English changed since the export; fuzzy", file=sys.stderr)
+            continue
         if entry.fuzzy:
             entry.flags.remove("fuzzy")
         entry.previous_msgid = None
