@@ -175,13 +175,13 @@ def copy_notebooks(source: Path, target: Path, *, markdown_only: bool = False) -
 
 def mermaid_blocks(notebook: Path) -> dict[int, int]:
     """How many fenced Mermaid blocks each Markdown cell of a notebook holds (cell index →
-    count; cells without one left out)."""
+    count; cells without one left out). In a Markdown-only copy the index is the original's."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     found = {}
     for index, cell in enumerate(cells):
         source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] == "markdown" and (n := len(MERMAID_FENCE.findall(source))):
-            found[index] = n
+            found[cell.get("metadata", {}).get("labdriver_cell", index)] = n
     return found
 
 

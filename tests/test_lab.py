@@ -67,9 +67,9 @@ def failures(cells: list[labdriver.MermaidCell]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", LESSONS)
-def test_every_mermaid_diagram_renders(lab_page: Any, name: str) -> None:
-    cells = labdriver.check_mermaid(lab_page, name, NOTEBOOKS / name)
-    expected = labdriver.mermaid_blocks(NOTEBOOKS / name)
+def test_every_mermaid_diagram_renders(lab_page: Any, lab_root: Path, name: str) -> None:
+    cells = labdriver.check_mermaid(lab_page, name, lab_root / name)
+    expected = labdriver.mermaid_blocks(lab_root / name)  # cell indices: the notebook's own
     bad = failures(cells)
     assert not bad, f"{name}: " + "; ".join(bad)
     assert sum(c.drawn for c in cells) == sum(expected.values())
@@ -100,6 +100,19 @@ def test_mermaid_blocks_counts_fences_in_markdown_only(tmp_path: Path) -> None:
                               "execution_count": None, "source": "'''\n```mermaid\n'''"})
     path.write_text(json.dumps(notebook))
     assert labdriver.mermaid_blocks(path) == {0: 2}
+
+
+def test_a_markdown_only_copy_keeps_the_cell_indices(tmp_path: Path) -> None:
+    source, copy = tmp_path / "src", tmp_path / "copy"
+    source.mkdir()
+    notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+                "cells": [code("x = 1"), {"cell_type": "markdown", "metadata": {},
+                                          "source": GOOD}, code("y = 2")]}
+    (source / "01_x.ipynb").write_text(json.dumps(notebook))
+    assert labdriver.copy_notebooks(source, copy, markdown_only=True) == ["01_x.ipynb"]
+    assert [c["cell_type"] for c in json.loads((copy / "01_x.ipynb").read_text())["cells"]] \
+        == ["markdown"]
+    assert labdriver.mermaid_blocks(copy / "01_x.ipynb") == {1: 1}
 
 
 def code(source: str) -> dict[str, Any]:
