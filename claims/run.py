@@ -169,6 +169,32 @@ def write_readme() -> None:
     (LEDGER / "README.md").write_text(markdown(ledgers), encoding="utf-8")
 
 
+def suggest() -> None:
+    """For every claim in the ledger: its tolerance against the spread the runs showed, and a
+    tolerance that covers the runs with room (1.5x the largest deviation, at least twice the
+    spread) while staying within the ledger test's four times the spread."""
+    for path in sorted(LEDGER.glob("[0-9]*.json")):
+        for c in json.loads(path.read_text(encoding="utf-8"))["claims"]:
+            if c.get("kind") not in ("check", "at_most", "at_least") or not c.get("runs"):
+                continue
+            m = c.get("deviation") or c["measured"]
+            spread = m["max"] - m["min"]
+            if c["kind"] == "check":
+                worst = max(abs(m["max"]), abs(m["min"]))
+                tol = c["tolerance"]
+                want = max(1.5 * worst, 2 * spread)
+                flag = "WIDE" if tol > 4 * spread else "TIGHT" if tol < worst else ""
+                print(f"{c['key']:32} check tol {tol:<8.4g} spread {spread:<8.4g} "
+                      f"worst {worst:<8.4g} suggest {want:<8.4g} {flag}"
+                      f"{' (wide: ' + c['wide'][:50] + ')' if c.get('wide') else ''}")
+            else:
+                headroom = abs(c["predicted"] - c["measured"]["median"])
+                flag = "WIDE" if headroom > 4 * spread else ""
+                print(f"{c['key']:32} {c['kind']:8} limit {c['predicted']:<8.4g} headroom "
+                      f"{headroom:<8.4g} spread {spread:<8.4g} {flag}"
+                      f"{' (wide: ' + c['wide'][:50] + ')' if c.get('wide') else ''}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5,
@@ -179,7 +205,13 @@ def main() -> int:
     parser.add_argument("--only", action="append", default=[],
                         help="a notebook's name (01_polling); repeat for more; default: all")
     parser.add_argument("--timeout", type=int, default=180, help="seconds per cell (default 180)")
+    parser.add_argument("--suggest", action="store_true",
+                        help="run nothing: print each claim's tolerance against the ledger's "
+                             "spread, with a suggested one")
     args = parser.parse_args()
+    if args.suggest:
+        suggest()
+        return 0
     if not 1 <= args.runs <= 20 or not 0 <= args.busy <= args.runs:
         parser.error("--runs is 1 to 20 and --busy 0 to --runs")
     paths = sorted(NOTEBOOKS.glob("[0-9]*.ipynb"))
