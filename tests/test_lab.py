@@ -123,7 +123,7 @@ def code(source: str) -> dict[str, Any]:
 #: A cell that fails unless the IFrame above it is a live page with its EventSource open.
 WAIT_FOR_THE_IFRAME = """import json, time, urllib.request
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-for _ in range(200):
+for _ in range(400):  # 20 s at most, for a loaded machine
     stats = json.load(opener.open(URL + "/stats"))
     if stats["transports"]["sse"]["open"] == 1:
         break
