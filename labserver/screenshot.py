@@ -110,9 +110,9 @@ async def screenshot(
     height: int = 520,
 ) -> Path:
     """Open ``url`` in headless Chromium, wait until the page is connected (``ready``, by
-    default :data:`READY` for a demo page), run ``after_load`` (given the page if it takes an
-    argument), wait for the text it returns to appear in the page, and save a PNG of the
-    viewport.
+    default :data:`READY` for a demo page; ``ready=""`` waits for nothing), run ``after_load``
+    (given the page if it takes an argument), wait for the text it returns to appear in the
+    page, and save a PNG of the viewport.
 
     Returns the PNG's path: ``path`` under ``LABSERVER_SCREENSHOTS=write``, else a temporary
     file (see :func:`output_path`). Without Chromium or Playwright nothing is taken and ``path``
