@@ -114,6 +114,15 @@ def load(lesson: str) -> polib.POFile:
     return po
 
 
+def reflowed(a: str, b: str) -> bool:
+    """Whether two cells differ only in how their prose lines wrap (Markdown renders them the
+    same): the code blocks identical, the words between them the same."""
+    split = re.compile(r"(```.*?```)", re.S)
+    pa, pb = split.split(a), split.split(b)
+    return len(pa) == len(pb) and all(x == y if x.startswith("```") else x.split() == y.split()
+                                      for x, y in zip(pa, pb, strict=True))
+
+
 def update(po: polib.POFile, lesson: str, cells: list[tuple[str, str]]) -> polib.POFile:
     """A new catalog for ``cells`` (msgmerge's rules, see the module docstring)."""
     new = polib.POFile(wrapwidth=0)
@@ -160,6 +169,9 @@ def update(po: polib.POFile, lesson: str, cells: list[tuple[str, str]]) -> polib
                     source.msgid
                 entry.tcomment = source.tcomment
                 used.add(source.msgid)
+        if entry.fuzzy and entry.previous_msgid and reflowed(entry.previous_msgid, text):
+            entry.flags.remove("fuzzy")           # only rewrapped: the translation still holds
+            entry.previous_msgid = None
         made[text] = entry
         new.append(entry)
     for e in old:
