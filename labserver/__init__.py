@@ -16,9 +16,10 @@ first), ``counters`` (requests, events, bytes at the socket), ``app`` (the facto
 nodes), ``measure`` and ``clients`` (what the lessons measure with), ``production`` (08's
 drivers: idle streams, nginx's logs, pages in Chromium) and ``screenshot`` (a demo page's
 picture, taken in the run). What exists only to be fast — connections taken from aiohttp,
-kept-alive long polls, byte counting, the direct writes of SSE and Socket.IO — is the private
-tier ``_fast``, the only code that reads the libraries' private parts, checked by its canary
-(``labserver._fast.problems()``).
+kept-alive long polls, the direct writes of SSE and Socket.IO — is the private tier ``_fast``,
+the only code that reads the libraries' private parts, checked by its canary
+(``labserver._fast.problems()``); without it (``fast=False``) every transport is served by the
+libraries' public APIs alone.
 """
 
 from .app import create_app

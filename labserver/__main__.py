@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
                    help="signs the session cookie, at least 16 characters (default random)")
     p.add_argument("--publish-token", metavar="TOKEN",
                    help="/publish and /drop need it (default none on loopback, else generated)")
+    p.add_argument("--no-fast", dest="fast", action="store_false", default=None,
+                   help="the libraries' public APIs only (default: the fast tier where it works)")
     args = vars(p.parse_args(argv))
     return {k: v for k, v in args.items() if v is not None}
 

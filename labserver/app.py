@@ -27,13 +27,11 @@ from typing import Any
 
 from aiohttp import web
 
-from . import chat, polling, socketio, sse, ws
-from ._fast import aiohttp_private
-from ._fast.counting import CountingAppRunner
-from .counters import Counters, counting_middleware
+from . import _fast, chat, polling, socketio, sse, ws
+from .counters import ConnectionFactory, Counters, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
-from .keys import CONNECTIONS, COUNTERS, LISTENING, LOG, OPTIONS, Listening
+from .keys import CONNECTIONS, COUNTERS, FAST, LISTENING, LOG, OPTIONS, Listening
 from .options import Options
 
 log = logging.getLogger("labserver")
@@ -98,6 +96,7 @@ def create_app(**options: Any) -> web.Application:
     app[COUNTERS] = Counters()
     app[CONNECTIONS] = Connections()
     app[LISTENING] = Listening()
+    app[FAST] = fast_tier(opts.fast)
 
     app.router.add_get("/", index)
     app.router.add_post("/publish", publish)
@@ -114,6 +113,21 @@ def create_app(**options: Any) -> web.Application:
         app.cleanup_ctx.append(ticker)
     app.on_shutdown.append(close_connections)
     return app
+
+
+def fast_tier(wanted: bool) -> bool:
+    """Is the private tier on? Asked for (``fast``, the default) and its canary finds every
+    private part it relies on. Off, every transport is served by aiohttp's, python-socketio's
+    and python-engineio's public APIs alone: slower, and the same on the wire."""
+    if not wanted:
+        log.info("labserver's fast tier is off (fast=False): every transport is served by "
+                 "the libraries' public APIs")
+        return False
+    problems = _fast.problems()
+    if problems:
+        log.warning("labserver's fast tier is off: %s; every transport is served by the "
+                    "libraries' public APIs", "; ".join(problems))
+    return not problems
 
 
 # --- routes that are no transport -------------------------------------------------------
@@ -257,19 +271,26 @@ async def serve(
     stop: asyncio.Event,
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve ``app`` until ``stop`` is set; ``on_ready(port)`` once it accepts connections."""
+    """Serve ``app`` until ``stop`` is set; ``on_ready(port)`` once it accepts connections.
+
+    aiohttp's low-level server makes each connection's protocol, as its documentation shows
+    (``loop.create_server(runner.server, ...)``); a :class:`~labserver.counters.
+    CountingConnection` stands in front of each, counting its bytes at the socket.
+    """
     opts = app[OPTIONS]
-    runner = CountingAppRunner(
+    runner = web.AppRunner(
         app,
         handler_cancellation=True,  # a long poll whose client left stops waiting at once
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log=None,
     )
     await runner.setup()
-    site = web.TCPSite(runner, opts.host, opts.port, reuse_address=True)
+    assert runner.server is not None
+    factory = ConnectionFactory(runner.server, app[COUNTERS], keep_received=app[FAST])
+    server = await asyncio.get_running_loop().create_server(factory, opts.host, opts.port,
+                                                            reuse_address=True)
     try:
-        await site.start()
-        port = aiohttp_private.listening_port(site)
+        port = server.sockets[0].getsockname()[1]
         log.info("labserver listening on http://%s:%d", opts.host, port)
         host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(opts.host, opts.host)
         app[LISTENING].url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -277,4 +298,5 @@ async def serve(
             on_ready(port)
         await stop.wait()
     finally:
+        server.close()  # no new connection; the runner closes the open ones
         await runner.cleanup()

@@ -4,8 +4,9 @@ A lesson compares transports by what they cost on the wire, so bytes are counted
 cross the socket, headers, handshakes, chunk-size lines and frame headers included — not by
 adding up payload lengths. Each HTTP request says which transport it belongs to (``/poll`` →
 ``poll``, ``/ws`` → ``ws`` …; :func:`counting_middleware`); the bytes of a connection are
-charged to the transport of the request it is serving, by a connection protocol that taps
-aiohttp's reads and writes (:mod:`labserver._fast.counting`). Bytes of routes that are no
+charged to the transport of the request it is serving, by a protocol in front of aiohttp's
+own (:class:`CountingConnection`: every byte read, every byte handed to ``write``; public
+APIs only). Bytes of routes that are no
 transport (``/``, ``/stats``, ``/publish``) are not charged to any. A connection taken from
 aiohttp after its first request (a WebSocket, kept-alive long polls) counts its own bytes
 from then on, the same way: every byte read, every byte handed to ``write``.
@@ -15,6 +16,7 @@ counters of one experiment with :func:`stats_diff` (``after - before``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -26,7 +28,8 @@ from .keys import COUNTERS
 
 TRANSPORTS = ("poll", "long_poll", "sse", "ws", "socketio")
 
-#: Transports whose connections are never taken for long polling: their copy is dropped.
+#: Transports whose connections are never taken over for long polling (their copy of what
+#: they received is dropped: :class:`CountingConnection`).
 STREAMING = frozenset(("sse", "ws", "socketio"))
 
 #: Route path → transport: the counting middleware looks the request's route up in it.
@@ -103,14 +106,141 @@ def transport_of(request: web.Request) -> str | None:
 async def counting_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Counts the request for its transport and tells the connection whom to charge bytes to."""
     transport = transport_of(request)
-    protocol = request.protocol
-    charge_to = getattr(protocol, "charge_to", None)  # a counting connection (serve())
-    if charge_to is not None:
-        charge_to(transport)
+    connection = connection_of(request)  # None outside serve(): nothing counts bytes then
+    if connection is not None:
+        connection.charge_to(transport)
     if transport is not None:
         request.app[COUNTERS][transport].requests += 1
     try:
         return await handler(request)
     finally:
-        if charge_to is not None:
-            protocol.request_done()  # type: ignore[attr-defined]
+        if connection is not None:
+            connection.request_done()
+
+
+# --- bytes at the socket ----------------------------------------------------------------
+
+#: A connection keeps a copy of the bytes it received, up to this many, when the fast tier may
+#: take it over after a request (:func:`labserver._fast.takeover.unread_bytes` hands over what
+#: aiohttp read past it). Past this, or once the connection streams (SSE, WebSocket,
+#: Socket.IO), the copy is dropped and the connection is no longer taken.
+RECEIVED_KEPT_BYTES = 16384
+
+
+class CountedTransport:
+    """A connection's transport, as aiohttp sees it: every byte handed to it for writing is
+    charged to the request's transport."""
+
+    __slots__ = ("transport", "connection")
+
+    def __init__(self, transport: asyncio.Transport, connection: CountingConnection) -> None:
+        self.transport = transport
+        self.connection = connection
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        # Inline: a fan-out calls this once per client per event.
+        charged = self.connection.charged
+        if charged is not None:
+            charged.bytes_out += len(data)
+        self.transport.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        chunks = list(chunks)
+        charged = self.connection.charged
+        if charged is not None:
+            charged.bytes_out += sum(len(c) for c in chunks)
+        self.transport.writelines(chunks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class CountingConnection(asyncio.Protocol):
+    """aiohttp's connection protocol behind a tap that counts the bytes at the socket.
+
+    aiohttp's low-level ``web.Server`` makes its per-connection protocol (``server()``, what its
+    documentation hands to ``loop.create_server``); this protocol stands in front of it: it
+    counts what is read, hands aiohttp a :class:`CountedTransport` that counts what is
+    written, and passes everything else on. Bytes that arrive before the request's route is
+    known wait in ``pending_in`` and are charged when the middleware names the transport
+    (:meth:`charge_to`); while a request of a transport is handled, or after an upgrade, bytes
+    are charged to it as they come. With ``keep_received``, ``received`` keeps the bytes read
+    so far (bounded: :data:`RECEIVED_KEPT_BYTES`) and ``handled`` counts the requests that
+    reached the middleware, for a takeover.
+    """
+
+    __slots__ = ("inner", "factory", "charged", "in_request", "pending_in", "received",
+                 "handled")
+
+    def __init__(self, factory: ConnectionFactory) -> None:
+        self.factory = factory  # makes this connection's successor after a hand-back
+        self.inner: asyncio.Protocol = factory.server()
+        self.charged: TransportCounters | None = None  # the current request's transport
+        self.in_request = False
+        self.pending_in = 0
+        self.received: bytearray | None = bytearray() if factory.keep_received else None
+        self.handled = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.inner.connection_made(CountedTransport(transport, self))  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_request and self.charged is not None:
+            self.charged.bytes_in += len(data)
+        else:
+            self.pending_in += len(data)
+        received = self.received
+        if received is not None:
+            received += data
+            if len(received) > RECEIVED_KEPT_BYTES:
+                self.received = None
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def charge_to(self, transport: str | None) -> None:
+        """Called at the start of a request: its bytes belong to ``transport`` (or none)."""
+        self.charged = self.factory.counters[transport] if transport is not None else None
+        self.in_request = transport is not None
+        self.handled += 1
+        if transport in STREAMING:
+            self.received = None
+        if self.charged is not None:
+            self.charged.bytes_in += self.pending_in
+        self.pending_in = 0
+
+    def request_done(self) -> None:
+        """Called when the handler returns; bytes of the next request wait for its route."""
+        self.in_request = False
+
+
+class ConnectionFactory:
+    """Makes a :class:`CountingConnection` per TCP connection, in front of aiohttp's server:
+    ``loop.create_server(ConnectionFactory(runner.server, counters), host, port)``."""
+
+    __slots__ = ("server", "counters", "keep_received")
+
+    def __init__(self, server: web.Server, counters: Counters, keep_received: bool) -> None:
+        self.server = server
+        self.counters = counters
+        self.keep_received = keep_received
+
+    def __call__(self) -> CountingConnection:
+        return CountingConnection(self)
+
+
+def connection_of(request: web.BaseRequest) -> CountingConnection | None:
+    """The counting connection a request came on (``None`` outside :func:`labserver.app.serve`)."""
+    transport = request.transport
+    return transport.connection if isinstance(transport, CountedTransport) else None

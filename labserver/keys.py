@@ -25,6 +25,8 @@ COUNTERS: web.AppKey[Counters] = web.AppKey("counters")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
 #: The Socket.IO server (``request.app[SIO].emit(...)``): the chapter's ``req.app.get('io')``.
 SIO: web.AppKey[LabAsyncServer] = web.AppKey("sio")
+#: Is the private tier on (:mod:`labserver._fast`)? ``create_app`` decides, once.
+FAST: web.AppKey[bool] = web.AppKey("fast")
 
 
 @dataclass

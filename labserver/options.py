@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import secrets
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -27,6 +28,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 CHAPTER_PORT = 8005
 
 
+def fast_by_default() -> bool:
+    """The ``fast`` option's default: on, unless the environment says ``LABSERVER_FAST=0``
+    (how a test run serves every transport with the libraries' public APIs alone)."""
+    return os.environ.get("LABSERVER_FAST", "1") != "0"
+
+
 @dataclass(frozen=True)
 class Options:
     host: str = "127.0.0.1"
@@ -43,6 +50,9 @@ class Options:
     session_secret: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     publish_token: str | None = field(default=None, repr=False)
     redis_url: str | None = None
+    # The private tier (labserver._fast): on unless turned off here, by LABSERVER_FAST=0, or
+    # by its canary (a private part of aiohttp, python-engineio or CPython missing).
+    fast: bool = field(default_factory=fast_by_default)
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:

@@ -23,7 +23,7 @@ from ._fast.keepalive import taking_over
 from .counters import open_gauge
 from .errors import bad_request, cursor, query_seconds
 from .events import Page
-from .keys import COUNTERS, LOG
+from .keys import COUNTERS, FAST, LOG
 from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
 
 
@@ -72,6 +72,8 @@ async def long_poll(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     app.router.add_get("/poll", poll)
-    # A kept-alive connection's next long polls are served off aiohttp (labserver._fast.keepalive).
-    app.router.add_get("/long-poll", taking_over(long_poll))
-    setup_keepalive(app)
+    if app[FAST]:  # a kept-alive connection's next long polls are served off aiohttp
+        app.router.add_get("/long-poll", taking_over(long_poll))
+        setup_keepalive(app)
+    else:
+        app.router.add_get("/long-poll", long_poll)

@@ -62,7 +62,7 @@ from ._fast.fanout import too_slow
 from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
-from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS, SIO
+from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS, SIO
 from .ws import origin_allowed
 from .wsframes import TEXT, frame
 
@@ -129,7 +129,8 @@ class LabAsyncServer(fast_socketio.EngineIOHooks):
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
-        fast_socketio.install(self)  # the fan-out may write to an idle WebSocket's socket
+        if app[FAST]:
+            fast_socketio.install(self)  # the fan-out may write to an idle WebSocket's socket
         self.tracked: dict[str, int] = {}  # session id → its key in app[CONNECTIONS]
         self.upgrades: dict[str, web.Request] = {}  # session id → its WebSocket upgrade
 
@@ -294,7 +295,8 @@ class NewsFanOut:
         # get it through python-socketio, in order behind what they already have queued.
         frame = event.encoded(news_frame)
         self.last_frame_size = len(frame)
-        queued = fast_socketio.write_to_idle(self.sio, recipients, frame)
+        queued = (fast_socketio.write_to_idle(self.sio, recipients, frame)
+                  if self.sio.app[FAST] else [sid for sid, _ in recipients])
         if queued:
             # ignore_queue: with a message queue (scale-out on Redis) every node's event log
             # already receives every event, so each node emits to its own sockets only.

@@ -62,7 +62,7 @@ from ._fast.fanout import stream_writer
 from .counters import TransportCounters, open_gauge
 from .errors import bad_request, cursor
 from .events import Event, EventLog, Subscription
-from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
+from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
 from .options import Options
 
 log = logging.getLogger("labserver.sse")
@@ -143,7 +143,7 @@ def parse_last_event_id(request: web.Request) -> int | None:
 async def stream_events(
     response: web.StreamResponse, event_log: EventLog, sub: Subscription,
     last_event_id: int | None, opts: Options, counters: TransportCounters,
-    transport: asyncio.Transport,
+    transport: asyncio.Transport, fast: bool = True,
 ) -> None:
     """Write the stream: ``retry``, the replay, then each new event, or a heartbeat.
 
@@ -152,7 +152,8 @@ async def stream_events(
     writes each event to this stream as it is published (a writer of the private tier:
     :func:`labserver._fast.fanout.stream_writer`), and this
     coroutine only fills silences: every ``heartbeat_s`` in which nothing was written, a
-    ``: ping``. A client that stops reading overflows ``sub`` (the handler drops it).
+    ``: ping``. A client that stops reading overflows ``sub`` (the handler drops it). Without
+    the fast tier this coroutine writes each event itself, as it comes out of ``sub``.
     """
     await response.write(encode_block(retry_ms=opts.retry_ms))
     sent_through = 0  # every event with an id <= this was sent, or precedes the client's cursor
@@ -164,6 +165,9 @@ async def stream_events(
             await response.write(event.encoded(encode_event))
             counters.messages_out += 1
         sent_through = page.last_id
+    if not fast:
+        await relay_events(response, sub, sent_through, opts.heartbeat_s, counters)
+        return
     # From now on the log writes each event's block to the socket (labserver._fast).
     writer = stream_writer(response, transport, encode_event, opts.queue_size, counters)
     sub.forward(writer, sent_through)
@@ -173,6 +177,26 @@ async def stream_events(
             await asyncio.sleep(opts.heartbeat_s)
             if not writer.wrote:
                 await response.write(HEARTBEAT)
+    except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
+        return
+
+
+async def relay_events(response: web.StreamResponse, sub: Subscription, sent_through: int,
+                       heartbeat_s: float, counters: TransportCounters) -> None:
+    """Each event from ``sub`` (past the replay) written with ``response.write``, or a
+    heartbeat after ``heartbeat_s`` without one: the stream on aiohttp's public API alone."""
+    try:
+        while True:
+            try:
+                event = await asyncio.wait_for(sub.get(), heartbeat_s)
+            except TimeoutError:
+                await response.write(HEARTBEAT)
+                continue
+            if event is None:
+                return  # overflowed: the handler drops this client
+            if event.id > sent_through:
+                await response.write(event.encoded(encode_event))
+                counters.messages_out += 1
     except ConnectionResetError:  # aiohttp: "Cannot write to closing transport"
         return
 
@@ -207,7 +231,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
             await response.prepare(request)
             sender = asyncio.create_task(
                 stream_events(response, app[LOG], sub, last_event_id, app[OPTIONS], counters,
-                              transport)
+                              transport, app[FAST])
             )
             stopped = asyncio.create_task(stop.wait())
             overflowed = asyncio.create_task(sub.overflowed.wait())

@@ -53,15 +53,15 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from aiohttp import hdrs, web
+from aiohttp import WSMsgType, hdrs, web
 
 from . import wsframes
 from ._fast.fanout import too_slow
 from ._fast.takeover import holds_more, take_over
-from .counters import TransportCounters
+from .counters import TransportCounters, open_gauge
 from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
-from .keys import CONNECTIONS, COUNTERS, LOG, OPTIONS
+from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
 from .polling import parse_after
 from .whoami import client_address, request_host
 from .whoami import setup as setup_whoami
@@ -110,6 +110,8 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         origin = request.headers[hdrs.ORIGIN]
         return json_error(403, f"origin {origin} may not open /ws: not this server's origin "
                                "and not in allowed_origins")
+    if not app[FAST]:
+        return await websocket_by_aiohttp(request, after, every_s)
     return await upgrade(request, LabSocket(after, every_s))
 
 
@@ -119,10 +121,7 @@ async def upgrade(request: web.Request, handler: Handler) -> web.StreamResponse:
     ``handler`` handles. A request that is no WebSocket upgrade gets a 400 JSON answer."""
     key = request.headers.get(hdrs.SEC_WEBSOCKET_KEY, "")
     if not is_upgrade(request) or not wsframes.valid_key(key):
-        return json_error(400, f"GET {request.path} needs a WebSocket upgrade (Upgrade: "
-                               "websocket, Connection: Upgrade, Sec-WebSocket-Key, "
-                               "Sec-WebSocket-Version: 13)",
-                          {hdrs.SEC_WEBSOCKET_VERSION: "13"})  # §4.4: the version we speak
+        return not_an_upgrade(request)
     if holds_more(request):  # bytes after the request, before our 101
         raise bad_request("a client must wait for the handshake's answer before sending "
                           "frames (RFC 6455 section 4.1)")
@@ -135,6 +134,12 @@ async def upgrade(request: web.Request, handler: Handler) -> web.StreamResponse:
                                      handler)
     await take_over(request, connection)
     return web.Response()  # never sent: aiohttp no longer has the socket
+
+
+def not_an_upgrade(request: web.Request) -> web.Response:
+    return json_error(400, f"GET {request.path} needs a WebSocket upgrade (Upgrade: websocket, "
+                           "Connection: Upgrade, Sec-WebSocket-Key, Sec-WebSocket-Version: 13)",
+                      {hdrs.SEC_WEBSOCKET_VERSION: "13"})  # §4.4: the version we speak
 
 
 def is_upgrade(request: web.Request) -> bool:
@@ -428,19 +433,106 @@ class LabSocket:
         self.answer_text(connection, message.text)
 
     def answer_text(self, connection: WebSocketConnection, text: str) -> None:
-        """Echo ``{"echo": X}``, log any other text; a text starting like JSON must be JSON."""
-        if text.lstrip()[:1] not in ("{", "["):
-            log.info("ws text from %s: %s", connection.address, text[:LOGGED_TEXT_CHARS])
-            return
+        answer = answer_to(text, connection.address)
+        if isinstance(answer, bytes):
+            connection.send_text(answer)
+        elif answer is not None:
+            connection.close(*answer)
+
+
+def answer_to(text: str, address: str) -> bytes | tuple[int, str] | None:
+    """What ``/ws`` does with a client's text: ``{"echo": X}`` is answered ``{"echo": X}``
+    (the bytes to send); a text that starts like JSON (``{`` or ``[``) must be JSON, or the
+    socket closes with 1007 (the code and reason); any other text is logged (``None``)."""
+    if text.lstrip()[:1] in ("{", "["):
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
-            connection.close(INVALID_TEXT, "text starting with { or [ must be valid JSON")
-            return
+            return INVALID_TEXT, "text starting with { or [ must be valid JSON"
         if isinstance(value, dict) and "echo" in value:
-            self.send_json({"echo": value["echo"]})
-        else:
-            log.info("ws JSON from %s: %s", connection.address, text[:LOGGED_TEXT_CHARS])
+            return json.dumps({"echo": value["echo"]}, separators=(",", ":")).encode()
+    log.info("ws text from %s: %s", address, text[:LOGGED_TEXT_CHARS])
+    return None
+
+
+async def websocket_by_aiohttp(request: web.Request, after: int | None,
+                               every_s: float | None) -> web.StreamResponse:
+    """``/ws`` on aiohttp's own ``WebSocketResponse``, when the fast tier is off: the same
+    messages and close codes as :class:`LabSocket`, a task per direction instead of a shell."""
+    app = request.app
+    opts, counters, event_log = app[OPTIONS], app[COUNTERS]["ws"], app[LOG]
+    ws = web.WebSocketResponse(heartbeat=opts.heartbeat_s, max_msg_size=opts.max_message_bytes)
+    if not ws.can_prepare(request).ok:
+        return not_an_upgrade(request)
+    await ws.prepare(request)
+    address = client_address(request)
+
+    async def close(code: int, reason: str) -> None:
+        try:
+            await asyncio.wait_for(ws.close(code=code, message=reason.encode()),
+                                   CLOSE_TIMEOUT_S)
+        except TimeoutError:  # a client that does not read cannot take a Close frame
+            if request.transport is not None:
+                request.transport.abort()
+
+    async def send_events(sub: Subscription) -> None:
+        sent_through = 0
+        if after is not None:
+            page = event_log.read(after)
+            if page.gap:
+                await ws.send_json({"gap": {"after": after, "oldest": page.oldest_id}})
+            for event in page.events:
+                await ws.send_str(event.json)
+                counters.messages_out += 1
+            sent_through = page.last_id
+        while (event := await sub.get()) is not None:  # None: overflowed (drop_when_behind)
+            if event.id > sent_through:
+                await ws.send_str(event.json)
+                counters.messages_out += 1
+
+    async def send_status() -> None:
+        assert every_s is not None
+        while True:
+            await asyncio.sleep(every_s)
+            await ws.send_json({"status": STATUS_TEXT, "ts": time.time()})
+
+    async def drop() -> None:
+        await close(GOING_AWAY, "dropped by the server")
+
+    async def drop_when_behind(sub: Subscription) -> None:
+        await sub.overflowed.wait()  # the sender may be stuck on a client that stopped reading
+        await close(POLICY_VIOLATION, "send queue full")
+
+    log.info("ws client connected %s", address)
+    with (open_gauge(counters), event_log.subscribe() as sub,
+          app[CONNECTIONS].track("ws", drop)):
+        tasks = [asyncio.create_task(send_events(sub)),
+                 asyncio.create_task(drop_when_behind(sub))]
+        if every_s is not None:
+            tasks.append(asyncio.create_task(send_status()))
+        try:
+            async for message in ws:
+                if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                    continue
+                counters.messages_in += 1
+                if message.type is WSMsgType.BINARY:
+                    await close(UNSUPPORTED_DATA, "binary messages are not accepted: send "
+                                                  "JSON text")
+                    break
+                answer = answer_to(message.data, address)
+                if isinstance(answer, bytes):
+                    await ws.send_str(answer.decode())
+                elif answer is not None:
+                    await close(*answer)
+                    break
+        except ConnectionResetError:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("ws client disconnected %s (close code %s)", address, ws.close_code)
+    return ws
 
 
 def text_frame(event: Event) -> bytes:

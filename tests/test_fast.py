@@ -34,10 +34,14 @@ def test_the_private_parts_labserver_reads_are_there() -> None:
 
 def test_a_missing_aiohttp_part_is_named_with_the_aiohttp_version(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check can fail: without ``_make_server`` on the runner, it says so."""
-    monkeypatch.delattr(aiohttp.web_runner.AppRunner, aiohttp_private.MAKE_SERVER)
+    """The check can fail: a connection without ``_messages`` (requests parsed, not yet
+    handled), and it says so."""
+    handler = aiohttp.web_protocol.RequestHandler
+    monkeypatch.setattr(handler, "__slots__",
+                        tuple(n for n in handler.__slots__ if n != "_messages"))
     assert _fast.problems() == [f"aiohttp {aiohttp.__version__} (labserver was checked with "
-                                f"{aiohttp_private.CHECKED_WITH}): AppRunner has no _make_server"]
+                                f"{aiohttp_private.CHECKED_WITH}): RequestHandler has no "
+                                "_messages"]
 
 
 def test_a_missing_engineio_part_is_named_with_its_version(
@@ -112,3 +116,71 @@ def test_the_source_check_can_fail(tmp_path: Path) -> None:
     module = tmp_path / "chat.py"
     module.write_text("def own_url(request):\n    return request._transport_sockname\n")
     assert private_reads(module) == ["chat.py:2: request._transport_sockname"]
+
+
+def test_the_fast_tier_turns_itself_off_when_a_part_is_missing(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19, item 6: a private part missing (a new python-engineio, say) turns the tier
+    off, said once in the server's log; the app is then served by public APIs alone."""
+    from labserver.app import create_app
+    from labserver.keys import FAST
+
+    missing = "python-engineio 9.0 (labserver was checked with 4.15.1): no _sock"
+    monkeypatch.setattr(_fast, "problems", lambda: [missing])
+    with caplog.at_level("INFO", logger="labserver"):
+        app = create_app(fast=True)
+    assert app[FAST] is False
+    (said,) = [r.getMessage() for r in caplog.records if "fast tier" in r.getMessage()]
+    assert missing in said and "public APIs" in said
+    assert create_app(fast=False)[FAST] is False
+
+
+async def test_every_transport_is_served_with_the_fast_tier_off() -> None:
+    """``fast=False``: short and long polling, SSE, /ws and Socket.IO each deliver an event,
+    count their bytes at the socket, and /ws keeps its close codes (1003, 1007)."""
+    import json as json_module
+
+    import conftest
+
+    from labserver.app import create_app
+    from labserver.keys import COUNTERS, FAST
+
+    app = create_app(fast=False)
+    assert app[FAST] is False
+    async with conftest.serving(app) as port, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{port}"
+        sse = await session.get(url + "/sse")
+        ws = await session.ws_connect(url + "/ws?after=0")
+        sio = socketio.AsyncClient()
+        news: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        sio.on("news", lambda event: news.done() or news.set_result(event))
+        await sio.connect(url, transports=["websocket"])
+        held = asyncio.ensure_future(session.get(url + "/long-poll?after=0&timeout=20"))
+        counters = app[COUNTERS]
+        for _ in range(250):
+            if (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
+                    counters["socketio"].open) == (1, 1, 1, 1):
+                break
+            await asyncio.sleep(0.02)
+        async with session.post(url + "/publish", json={"data": "public"}) as resp:
+            assert resp.status == 200
+        assert [e["id"] for e in (await (await asyncio.wait_for(held, 2)).json())["events"]] == [1]
+        async with session.get(url + "/poll?after=0") as resp:
+            assert (await resp.json())["last_id"] == 1
+        assert json_module.loads((await asyncio.wait_for(ws.receive(), 2)).data)["id"] == 1
+        await ws.send_str('{"echo": 7}')
+        assert json_module.loads((await asyncio.wait_for(ws.receive(), 2)).data) == {"echo": 7}
+        assert (await asyncio.wait_for(news, 2))["id"] == 1
+        while await asyncio.wait_for(sse.content.readline(), 2) != b"id: 1\n":
+            pass
+        for payload, code in ((b"\x00", 1003), ("{not json", 1007)):
+            other = await session.ws_connect(url + "/ws")
+            await (other.send_bytes(payload) if isinstance(payload, bytes)
+                   else other.send_str(payload))
+            await asyncio.wait_for(other.receive(), 2)
+            assert other.close_code == code
+        await sio.disconnect()
+        await ws.close()
+        sse.close()
+    for name in ("poll", "long_poll", "sse", "ws", "socketio"):
+        assert counters[name].bytes_in > 0 and counters[name].bytes_out > 0, name

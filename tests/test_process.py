@@ -107,6 +107,7 @@ def test_a_spare_child_serves_the_next_start_and_exits_when_dropped() -> None:
             left = process._spare
             assert left is not None and left.pid != spare.pid
         process.keep_spare(False)
-        assert process._spare is None and pid_is_gone(left.pid, within_s=3)
+        # within 10 s: a spare still doing its imports on a loaded machine reads its EOF after
+        assert process._spare is None and pid_is_gone(left.pid, within_s=10)
     finally:
         process.keep_spare(was)

@@ -34,11 +34,18 @@ import labserver
 from labserver import ws as ws_module
 from labserver.app import create_app
 from labserver.keys import CONNECTIONS, COUNTERS
+from labserver.options import fast_by_default
 
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's example key …
 RFC_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # … and the Sec-WebSocket-Accept it must get
 
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def own_protocol(why: str) -> pytest.MarkDecorator:
+    """A test of labserver's own RFC 6455 (labserver.wsprotocol, the fast tier's /ws): with the
+    fast tier off (LABSERVER_FAST=0) /ws is aiohttp's WebSocketResponse, which differs here."""
+    return pytest.mark.skipif(not fast_by_default(), reason=f"fast tier off: {why}")
 
 
 def ws_url(srv: labserver.Server, query: str = "") -> str:
@@ -337,6 +344,7 @@ async def test_invalid_utf8_text_gets_1007(srv: labserver.Server) -> None:
         await assert_other_client_still_receives(srv, other)
 
 
+@own_protocol("aiohttp's reader takes an unmasked client frame")
 async def test_unmasked_client_frame_fails_the_connection_with_1002(srv: labserver.Server) -> None:
     """RFC 6455 §5.1: the server MUST close on an unmasked client frame; aiohttp alone doesn't."""
     async with connect(srv) as other:
@@ -352,6 +360,7 @@ async def test_unmasked_client_frame_fails_the_connection_with_1002(srv: labserv
         await assert_other_client_still_receives(srv, other)
 
 
+@own_protocol("seeing bytes aiohttp read ahead needs its private _messages")
 async def test_data_before_the_handshake_answer_is_refused(srv: labserver.Server) -> None:
     frame = Frame(Opcode.TEXT, b'{"echo": 1}').serialize(mask=True)
     raw = await RawSocket.open(srv, extra=frame)  # RFC 6455 §4.1: wait for the 101 first
@@ -411,6 +420,7 @@ def rss_bytes(pid: int) -> int:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+@own_protocol("aiohttp cannot send a Close behind an unread backlog: a slow client is aborted")
 async def test_a_client_that_stops_reading_is_closed_1008_and_stalls_nobody(make_server) -> None:
     srv = make_server(queue_size=8, log_size=20)
     payload = "x" * 32_000
@@ -467,6 +477,7 @@ async def test_every_sends_status_messages_that_are_not_events(srv: labserver.Se
 
 
 @pytest.mark.parametrize("how", ["close handshake", "connection dropped", "server drop"])
+@own_protocol("LabSocket's timer (aiohttp's path cancels its status task)")
 async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None:
     """In-process server (the real ``serve()``, real sockets) so the test can see its timer."""
     app = create_app()
@@ -766,6 +777,7 @@ async def test_fragmented_compressed_message_is_one_message(srv: labserver.Serve
     raw.close()
 
 
+@own_protocol("aiohttp closes with 1009 but no reason")
 async def test_compressed_zip_bomb_over_the_limit_is_1009(make_server: Any) -> None:
     srv = make_server(max_message_bytes=64 * 1024)
     async with connect(srv) as other:
@@ -780,6 +792,7 @@ async def test_compressed_zip_bomb_over_the_limit_is_1009(make_server: Any) -> N
         await assert_other_client_still_receives(srv, other)
 
 
+@own_protocol("aiohttp bounds a message's bytes, not its fragments")
 async def test_a_flood_of_empty_continuation_frames_is_1009(srv: labserver.Server) -> None:
     """Issue 14, finding 6, its bytes: a text frame with FIN=0, then empty continuation frames
     (6 bytes each) — they once grew the message's list of parts without bound. Now each counts
@@ -820,6 +833,7 @@ async def test_control_frame_of_126_bytes_is_1002(srv: labserver.Server) -> None
         await assert_other_client_still_receives(srv, other)
 
 
+@own_protocol("aiohttp answers a Close without a code with 1000")
 async def test_close_without_a_code_gets_an_empty_close_then_eof(srv: labserver.Server) -> None:
     async with connect(srv) as other:
         await wait_for_stat(srv, "open", 1)
@@ -833,6 +847,7 @@ async def test_close_without_a_code_gets_an_empty_close_then_eof(srv: labserver.
         await assert_other_client_still_receives(srv, other)
 
 
+@own_protocol("aiohttp closes with 1002 but no reason")
 async def test_close_with_code_1005_is_1002(srv: labserver.Server) -> None:
     async with connect(srv) as other:
         raw = await RawSocket.open(srv)
@@ -870,6 +885,8 @@ async def test_no_pong_once_the_server_has_sent_close(srv: labserver.Server) -> 
 )
 async def test_bad_handshake_is_400_json_before_the_upgrade(srv: labserver.Server,
                                                             headers: dict[str, str]) -> None:
+    if headers.get("Sec-WebSocket-Version") == "8" and not fast_by_default():
+        pytest.skip("aiohttp's WebSocketResponse also speaks versions 7 and 8 (fast tier off)")
     async with connect(srv) as other:
         raw = await RawSocket.open(srv, headers=headers)
         status, answer, body = await raw.read_response()
@@ -893,6 +910,7 @@ async def test_unreadable_deflate_offer_is_declined_not_an_error(srv: labserver.
     raw.close()
 
 
+@own_protocol("aiohttp reads the first Sec-WebSocket-Extensions line only")
 async def test_extension_offers_on_several_header_lines_are_one_list(srv: labserver.Server) -> None:
     """RFC 6455 §9.1: ``Sec-WebSocket-Extensions`` may be repeated; the lines make one list."""
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)

@@ -7,7 +7,6 @@ implementation modules apart the same way):
 
 * :mod:`.takeover` — take a TCP connection from aiohttp after a request, give it back;
 * :mod:`.keepalive` — kept-alive long polls served off aiohttp (``polling`` wraps its route);
-* :mod:`.counting` — aiohttp's connection protocol with taps that count bytes at the socket;
 * :mod:`.fanout` — per-client work a write: SSE's writer behind ``StreamResponse``, and the
   one slow-client rule (:func:`.fanout.too_slow`) every push transport applies;
 * :mod:`.socketio` — the Socket.IO fan-out's direct write to idle WebSockets, and the
@@ -19,11 +18,9 @@ python-socketio or CPython (``tests/test_fast.py`` checks the source). :func:`pr
 canary: it checks every undocumented part the tier relies on, in the versions installed, and
 names the package and the version that broke it. What it checks:
 
-* **aiohttp**: its runner's ``_make_server`` hook, ``Server._loop`` / ``_kwargs`` and how
-  ``Server.__call__`` builds a connection (:mod:`.counting` swaps a live ``Server``'s class),
-  ``RequestHandler._messages`` / ``_message_tail``, ``TCPSite._server``, the request parser
-  and its queue size (:func:`.aiohttp_private.problems`); and that a chunked response's write
-  is framed as one chunk and sent at once (SSE's writer writes the same bytes itself);
+* **aiohttp**: ``RequestHandler._messages`` / ``_message_tail``, the request parser and its
+  queue size (:func:`.aiohttp_private.problems`); and that a chunked response's write is
+  framed as one chunk and sent at once (SSE's writer writes the same bytes itself);
 * **python-engineio**: ``AsyncServer._async`` (its table of async classes), the aiohttp
   driver's ``WebSocket._sock``, the session's ``_websocket_handler`` handed to it as a bound
   method (``handler.__self__``), and the session and socket attributes the fan-out reads;
@@ -32,8 +29,20 @@ names the package and the version that broke it. What it checks:
 * **CPython**: ``asyncio.Queue._getters`` (an idle writer task waits there);
 * the **platform**: the tier was tested on Linux and macOS.
 
-(``chat.py`` once read aiohttp's ``request._transport_sockname``; it reads where the server
-listens instead, and the source check keeps it so.)
+Turned off — ``fast=False``, ``--no-fast``, ``LABSERVER_FAST=0``, or by the canary, which
+``create_app`` runs once and whose findings it logs once — every transport is served by the
+libraries' public APIs alone: aiohttp answers every long poll, SSE writes through
+``StreamResponse``, ``/ws`` is aiohttp's ``WebSocketResponse`` (:func:`labserver.ws.
+websocket_by_aiohttp`), Socket.IO emits through python-socketio only. Bytes are counted at the
+socket either way (:class:`labserver.counters.CountingConnection`, public APIs only).
+
+(Once in the tier, no longer: ``app.py`` swapped a live aiohttp ``Server``'s class, through the
+runner's private ``_make_server`` hook, to count bytes; ``chat.py`` read aiohttp's
+``request._transport_sockname``. The source check keeps them out.)
+
+Still outside it, and so still needed with the tier off: python-socketio's Engine.IO hooks
+(:class:`.socketio.EngineIOHooks`), which count Socket.IO's ``open`` connections and register
+them with ``POST /drop``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
 """Every part of aiohttp that labserver uses and aiohttp does not promise to keep, in one place.
 
-labserver counts bytes at the socket (:mod:`labserver._fast.counting`) and takes connections
-from aiohttp and gives them back (:mod:`labserver._fast.takeover`). Both need a few of
-aiohttp's private names; they are read here and nowhere else, so that an aiohttp upgrade that
-renames one fails in one test (``tests/test_fast.py``, which runs :func:`labserver._fast.problems`
-and so :func:`problems`) with a message that names the aiohttp version, instead of failing
-somewhere in a connection:
+labserver takes connections from aiohttp and gives them back (:mod:`labserver._fast.takeover`);
+that needs a few of aiohttp's private names. They are read here and nowhere else, so that an
+aiohttp upgrade that renames one fails in one test (``tests/test_fast.py``, which runs
+:func:`labserver._fast.problems` and so :func:`problems`) with a message that names the aiohttp
+version, instead of failing somewhere in a connection:
 
 * ``RequestHandler._messages`` and ``RequestHandler._message_tail``: requests aiohttp has parsed
   but not handled yet, and bytes it keeps after an upgrade request (:func:`holds_more`);
-* ``Server._loop`` and ``Server._kwargs``: what ``Server.__call__`` builds a connection with
-  (:func:`make_handler`, for a subclass of ``RequestHandler``);
-* ``BaseRunner._make_server``: the hook where the runner builds its ``Server``
-  (:data:`MAKE_SERVER`; :class:`ServerHook` overrides it, for
-  ``labserver._fast.counting.CountingAppRunner``), and ``TCPSite._server``, where a started site's
-  sockets are (:func:`listening_port`);
 * ``aiohttp.http.HttpRequestParser`` with aiohttp's own constructor arguments, and
   ``web_protocol.MAX_MSG_QUEUE_SIZE`` (how many pipelined requests a connection's parser
   queues before it stops): the parser (llhttp, where aiohttp's C extension is built) that
@@ -25,48 +18,20 @@ somewhere in a connection:
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Any
 
 import aiohttp
-from aiohttp import web, web_protocol
+from aiohttp import web_protocol
 from aiohttp.http import HttpRequestParser
 from aiohttp.web_protocol import RequestHandler
-from aiohttp.web_runner import BaseRunner
-from aiohttp.web_server import Server
 
 #: The aiohttp these names were read from (pyproject.toml pins it).
 CHECKED_WITH = "3.14.5"
-
-#: The runner's hook that builds its ``Server``.
-MAKE_SERVER = "_make_server"
-
-
-
-class ServerHook(web.AppRunner):
-    """An ``AppRunner`` whose subclass may change the ``Server`` it builds (:meth:`made`)."""
-
-    async def _make_server(self) -> Server:
-        return self.made(await super()._make_server())
-
-    def made(self, server: Server) -> Server:
-        return server
-
-
-def listening_port(site: web.TCPSite) -> int:
-    """The port a started site listens on (its server's first socket)."""
-    return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
 
 def holds_more(protocol: RequestHandler) -> bool:
     """True when aiohttp holds requests it parsed but has not handled yet, or bytes it read
     after an upgrade request (what the client sent ahead of the answer)."""
     return bool(protocol._message_tail or protocol._messages)
-
-
-def make_handler(server: Server, cls: type[RequestHandler]) -> RequestHandler:
-    """What ``Server.__call__`` does, with a subclass of aiohttp's connection protocol."""
-    return cls(server, loop=server._loop, **server._kwargs)
 
 
 class _Unread:
@@ -105,18 +70,6 @@ def problems() -> list[str]:
                  "max_headers"):
         if name not in slots:
             found.append(f"RequestHandler has no {name}")
-    if MAKE_SERVER not in vars(BaseRunner) or MAKE_SERVER not in vars(web.AppRunner):
-        found.append(f"AppRunner has no {MAKE_SERVER}")
-    if "self._server = " not in inspect.getsource(web.TCPSite.start):
-        found.append("TCPSite.start sets no self._server")
-    init = inspect.getsource(Server.__init__)
-    for name in ("self._loop", "self._kwargs"):
-        if name not in init:
-            found.append(f"Server.__init__ sets no {name}")
-    call = inspect.getsource(Server.__call__)
-    if "RequestHandler(self, loop=self._loop, **self._kwargs)" not in call:
-        found.append("Server.__call__ no longer builds RequestHandler(self, loop=self._loop, "
-                     "**self._kwargs)")
     if not isinstance(getattr(web_protocol, "MAX_MSG_QUEUE_SIZE", None), int):
         found.append("web_protocol has no MAX_MSG_QUEUE_SIZE")
     try:

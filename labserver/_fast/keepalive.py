@@ -50,12 +50,11 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from multidict import MultiMapping
 
-from ..counters import TransportCounters
+from ..counters import ConnectionFactory, TransportCounters, connection_of
 from ..errors import cursor, seconds_between
 from ..events import EventLog, Page
 from ..keys import COUNTERS, LOG
 from ..options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
-from .counting import CountingRequestHandler
 from .takeover import (
     HeadLimits,
     can_take_over,
@@ -127,10 +126,11 @@ def taking_over(handler: Handler) -> Handler:
                 and can_take_over(request)):
             unread = unread_bytes(request)  # before take_over pauses aiohttp: nothing awaits
             if unread is not None:
-                protocol = request.protocol
-                assert isinstance(protocol, CountingRequestHandler)
-                connection = LongPollConnection(request.app, protocol.factory, *params,
-                                                unread=unread, limits=HeadLimits.of(protocol))
+                counting = connection_of(request)
+                assert counting is not None  # can_take_over
+                connection = LongPollConnection(request.app, counting.factory, *params,
+                                                unread=unread,
+                                                limits=HeadLimits.of(request.protocol))
                 await take_over(request, connection)
                 return web.Response()  # never sent: aiohttp no longer has the connection
         return await handler(request)
@@ -149,7 +149,8 @@ class LongPollConnection(asyncio.Protocol):
     __slots__ = ("app", "factory", "log", "counters", "limits", "transport", "buffer", "after",
                  "timer", "holding", "first", "active", "writing_paused", "give_back_at")
 
-    def __init__(self, app: web.Application, factory: web.Server, after: int, timeout_s: float,
+    def __init__(self, app: web.Application, factory: ConnectionFactory, after: int,
+                 timeout_s: float,
                  unread: bytes = b"", limits: HeadLimits = DEFAULT_LIMITS) -> None:
         self.app = app
         self.factory = factory  # makes aiohttp's connections: for hand_back

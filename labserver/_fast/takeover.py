@@ -36,8 +36,8 @@ from aiohttp.http import RawRequestMessage
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import EMPTY_PAYLOAD
 
+from ..counters import ConnectionFactory, connection_of
 from . import aiohttp_private
-from .counting import CountingRequestHandler
 
 
 def holds_more(request: web.Request) -> bool:
@@ -48,8 +48,11 @@ def holds_more(request: web.Request) -> bool:
 
 def can_take_over(request: web.Request) -> bool:
     """True when the connection can leave aiohttp and come back (:func:`hand_back`): made by
-    labserver's server, and the request has no body for aiohttp to read."""
-    return isinstance(request.protocol, CountingRequestHandler) and not request.can_read_body
+    labserver's server with the fast tier on (it keeps a copy of what it read), and the request
+    has no body for aiohttp to read."""
+    connection = connection_of(request)
+    return connection is not None and connection.received is not None and (
+        not request.can_read_body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +134,13 @@ def unread_bytes(request: web.Request) -> bytes | None:
     The connection's copy of what it received is parsed again, request by request, up to
     this one, which must be the same request aiohttp handed to the route.
     """
-    protocol = request.protocol
-    if not isinstance(protocol, CountingRequestHandler) or protocol.received is None:
+    connection = connection_of(request)
+    if connection is None or connection.received is None:
         return None
-    received = bytes(protocol.received)
-    for count, (end, message) in enumerate(request_ends(received, HeadLimits.of(protocol)), 1):
-        if count == protocol.handled:
+    received = bytes(connection.received)
+    limits = HeadLimits.of(request.protocol)
+    for count, (end, message) in enumerate(request_ends(received, limits), 1):
+        if count == connection.handled:
             if (message.method, message.path, message.raw_headers) != (
                     request.method, request.raw_path, request.raw_headers):
                 return None
@@ -167,7 +171,7 @@ async def take_over(request: web.Request, protocol: asyncio.Protocol) -> None:
         request.protocol.force_close()  # closes aiohttp's transport: its descriptor only
 
 
-def hand_back(factory: web.Server, transport: asyncio.Transport, *reads: bytes) -> None:
+def hand_back(factory: ConnectionFactory, transport: asyncio.Transport, *reads: bytes) -> None:
     """Give ``transport`` to a new aiohttp connection made by ``factory``; it parses ``reads``
     first, each as one read — aiohttp answers per read (a read its parser refuses gets its
     400 alone), so bytes read apart must go back apart. The bytes written so far stay ahead
