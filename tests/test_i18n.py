@@ -177,3 +177,13 @@ def test_a_translation_that_breaks_a_diagram_or_a_fold_is_not_shipped() -> None:
     fold = "<details><summary>Solution</summary>\n\nx\n</details>"
     assert ko.problems(fold, "<details><summary>풀이</summary>\n\nx") != []
     assert ko.problems(fold, "<details><summary>풀이</summary>\n\nx\n</details>") == []
+
+
+def test_a_rewrapped_english_cell_keeps_its_translation_and_a_changed_code_block_does_not() -> None:
+    """Markdown renders rewrapped prose the same: no fuzzy for that. A code block is not prose."""
+    rewrapped = [CELLS[0], CELLS[1], ("c3", "Key\npoints.")]
+    assert ko.status(ko.update(translated(), "99_demo", rewrapped), "99_demo").complete
+    assert ko.reflowed("a b\nc", "a\nb c") and not ko.reflowed("```\na b\n```", "```\na\nb\n```")
+    po = ko.update(translated(), "99_demo", [CELLS[0], ("b2", CELLS[1][1].replace("    A", "A")),
+                                             CELLS[2]])
+    assert [ko.cell_ids(e) for e in ko.status(po, "99_demo").fuzzy] == [["b2"]]
