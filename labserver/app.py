@@ -17,6 +17,7 @@ no transport live here:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -183,8 +184,9 @@ def stats_snapshot(app: web.Application) -> dict[str, Any]:
         },
         "transports": app[COUNTERS].snapshot(),
     }
-    if hasattr(event_log, "cluster_stats"):  # a node of a cluster says which, and Redis's state
-        snapshot["cluster"] = event_log.cluster_stats()
+    cluster = event_log.cluster_stats()  # a node of a cluster says which, and Redis's state
+    if cluster is not None:
+        snapshot["cluster"] = cluster
     return snapshot
 
 
@@ -249,14 +251,16 @@ async def ticker(app: web.Application) -> Any:
     task = asyncio.create_task(run())
     yield
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
+        await task
 
 
 async def follow_cluster(app: web.Application) -> Any:
     """A node of a cluster follows the shared log in Redis while it runs."""
     event_log = app[LOG]
-    await event_log.start()  # type: ignore[attr-defined]
+    await event_log.start()
     yield
-    await event_log.stop()  # type: ignore[attr-defined]
+    await event_log.stop()
 
 
 async def close_connections(app: web.Application) -> None:

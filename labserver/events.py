@@ -235,6 +235,9 @@ class EventLog(Protocol):
     def unhold(self, wake: Callable[[], None]) -> None: ...
     def subscribe(self) -> Subscription: ...
     def unsubscribe(self, sub: Subscription) -> None: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    def cluster_stats(self) -> dict[str, Any] | None: ...
     @property
     def published(self) -> int: ...
     @property
@@ -364,6 +367,16 @@ class MemoryLog:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscriptions.discard(sub)
+
+    async def start(self) -> None:
+        """Nothing to follow: a single process's log (a cluster's follows Redis)."""
+
+    async def stop(self) -> None:
+        """Nothing to stop."""
+
+    def cluster_stats(self) -> dict[str, Any] | None:
+        """``None``: not a node of a cluster (``/stats`` then has no ``cluster`` part)."""
+        return None
 
     @property
     def subscribers(self) -> int:

@@ -47,6 +47,8 @@ Routes reach this server the way the chapter's ``req.app.get('io')`` does:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -417,6 +419,8 @@ async def fan_out_ctx(app: web.Application) -> AsyncIterator[None]:
     task = sio.start_background_task(app[FAN_OUT].run)
     yield
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
+        await task
     await sio.shutdown()
 
 

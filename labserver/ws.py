@@ -46,6 +46,7 @@ Pong, failing the connection — are :class:`labserver.wsprotocol.ServerProtocol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -561,6 +562,8 @@ async def heartbeat(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(sweep(), name="ws-heartbeat")
     yield
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
+        await task
 
 
 def parse_every_s(request: web.Request) -> float | None:

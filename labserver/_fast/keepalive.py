@@ -41,6 +41,7 @@ events delivered, empty answers, and the ``open`` gauge while a request is held.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -353,6 +354,8 @@ async def close_idle(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(sweep(), name="long-poll-idle")
     yield
     task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
+        await task
 
 
 async def close_all(app: web.Application) -> None:
