@@ -198,15 +198,18 @@ async def visit(
     *,
     report: str,
     after_load: Callable[[], Awaitable[str | None]] | None = None,
+    ready: str | None = None,
     settle_s: float = 0.3,
     screenshots: Sequence[str | Path | None] = (),
     width: int = 900,
     height: int = 520,
 ) -> list[Any]:
-    """Open ``urls`` side by side in one headless Chromium (a tab each), wait ``settle_s``, run
+    """Open ``urls`` side by side in one headless Chromium (a tab each), wait until the
+    JavaScript expression ``ready`` (if given) is true in every page, then ``settle_s``, run
     ``after_load`` once and wait for the text it returns to appear in every page, wait
     ``settle_s`` again, then return the value of the JavaScript expression ``report`` in each
     page (and save a PNG of page *i* at ``screenshots[i]``, if given and not ``None``).
+    ``ready`` is what keeps a loaded machine from publishing before a page's streams are open.
 
     The browser accepts any certificate (the run's self-signed one) and resolves
     :data:`LAB_HOST` to 127.0.0.1; everything else — mixed content, the connection limits — is
@@ -231,6 +234,9 @@ async def visit(
                 pages = [await context.new_page() for _ in urls]
                 await asyncio.gather(*(page.goto(url, wait_until="load")
                                        for page, url in zip(pages, urls, strict=True)))
+                if ready:
+                    await asyncio.gather(*(page.wait_for_function(
+                        ready, timeout=WAIT_TIMEOUT_S * 1000) for page in pages))
                 await asyncio.sleep(settle_s)
                 text = await after_load() if after_load is not None else None
                 if text:
