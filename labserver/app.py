@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import _fast, chat, polling, socketio, sse, ws
+from . import _fast, chat, polling, socketio, sse, whoami, ws
 from .counters import ConnectionFactory, Counters, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
@@ -108,6 +108,7 @@ def create_app(**options: Any) -> web.Application:
     chat.setup(app)  # after socketio: /chat is a namespace of its server
     sse.setup(app)
     ws.setup(app)
+    whoami.setup(app)  # 12.2 reads the client's address where it accepts the socket
     app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:html|js|css|svg)}", static_file)
 
     if opts.tick is not None:

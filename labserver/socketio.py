@@ -65,7 +65,7 @@ from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS, SIO
-from .ws import origin_allowed
+from .whoami import origin_allowed
 from .wsframes import TEXT, frame
 
 log = logging.getLogger("labserver.socketio")

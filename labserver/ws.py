@@ -29,7 +29,8 @@ interval on ``close``. This module does the same, and every event of the series 
   (:func:`heartbeat`, the pattern of the ``ws`` README); a socket that has sent nothing since
   the last ping — no pong, no message — is cut off;
 * **cross-site WebSocket hijacking refused**: a browser always sends ``Origin``; a foreign one
-  gets a 403 JSON answer *before* the upgrade (:func:`origin_allowed`), unless listed in
+  gets a 403 JSON answer *before* the upgrade (:func:`origin_allowed`, which lives beside the
+  client's address in :mod:`labserver.whoami`), unless listed in
   ``allowed_origins``. Clients that send no ``Origin`` (not browsers) are accepted;
 * **permessage-deflate** (RFC 7692) when the client offers it: that client's messages are
   compressed for it alone (its compressor keeps a window), so they are not shared bytes.
@@ -52,7 +53,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Protocol
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, hdrs, web
 
@@ -64,8 +64,7 @@ from .errors import bad_request, json_error, query_seconds
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
 from .polling import parse_after
-from .whoami import client_address, request_host
-from .whoami import setup as setup_whoami
+from .whoami import client_address, origin_allowed
 from .wsframes import (
     GOING_AWAY,
     INVALID_TEXT,
@@ -571,55 +570,7 @@ def parse_every_s(request: web.Request) -> float | None:
     return query_seconds(request, "every", EVERY_MIN_S, EVERY_MAX_S)
 
 
-# --- the origin check: what aiohttp leaves to us -----------------------------------------
-
-DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-def origin_allowed(request: web.Request, allowed_origins: tuple[str, ...]) -> bool:
-    """May this request open a WebSocket? (cross-site WebSocket hijacking, RFC 6455 §10.2)
-
-    A browser sends ``Origin`` with every WebSocket handshake and a page cannot forge it; the
-    cookies of the server's site go along whatever page opens the socket. So a page from
-    another site must not be let in: its ``Origin`` must name this server (same host and port
-    as the request's ``Host``) or be listed in ``allowed_origins``. The *scheme* is not
-    compared: behind a TLS front end (Binder, JupyterHub) the browser's origin is
-    ``https://…`` while this server sees plain http. A client that sends no ``Origin`` is not
-    a browser (``websockets``, ``curl``): a page cannot make a browser omit it, so it is let in.
-    """
-    origin = request.headers.get(hdrs.ORIGIN)
-    if origin is None:
-        return True
-    parsed = origin_parts(origin)
-    if parsed is None:  # "null" (a sandboxed page, a file:// page) or garbage
-        return False
-    if parsed in {origin_parts(allowed) for allowed in allowed_origins}:
-        return True
-    scheme, origin_host, origin_port = parsed
-    try:
-        target = urlsplit("//" + (request_host(request) or ""))  # "host[:port]" as the client asked
-        host_name, host_port = target.hostname, target.port
-    except ValueError:
-        return False
-    if host_port is None:  # no port in Host: the default one of the page's scheme
-        host_port = DEFAULT_PORTS[scheme]
-    return host_name is not None and (origin_host, origin_port) == (host_name, host_port)
-
-
-def origin_parts(origin: str) -> tuple[str, str, int] | None:
-    """``"http://Example.org"`` → ``("http", "example.org", 80)``; ``None`` if not an origin."""
-    try:
-        parts = urlsplit(origin.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
-        return None
-    return parts.scheme, parts.hostname.lower(), port or DEFAULT_PORTS[parts.scheme]
-
-
 def setup(app: web.Application) -> None:
     app[OPEN] = set()
     app.router.add_get("/ws", websocket)
     app.cleanup_ctx.append(heartbeat)
-    setup_whoami(app)  # 12.2 reads the client's address where it accepts the socket
