@@ -41,6 +41,12 @@ NORMAL, GOING_AWAY, PROTOCOL_ERROR, UNSUPPORTED_DATA = 1000, 1001, 1002, 1003
 NO_STATUS = 1005  # never sent: "the Close frame had no code"
 INVALID_TEXT, POLICY_VIOLATION, MESSAGE_TOO_BIG = 1007, 1008, 1009
 
+#: The codes below 3000 a peer may send (§7.4.1 and IANA's registry: 1012 service restart,
+#: 1013 try again later, 1014 bad gateway), as websockets' ``EXTERNAL_CLOSE_CODES``; 3000–4999
+#: are for libraries and applications.
+CLIENT_CLOSE_CODES = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012,
+                                1013, 1014))
+
 #: A permessage-deflate message ends with these four bytes, which the sender strips (RFC 7692
 #: §7.2.1) and the receiver appends again before inflating.
 DEFLATE_TAIL = b"\x00\x00\xff\xff"
@@ -122,8 +128,7 @@ def closing_code(payload: bytes) -> int:
     if len(payload) == 1:
         raise ProtocolFailure(PROTOCOL_ERROR, "a Close frame's code takes two bytes")
     code = int.from_bytes(payload[:2], "big")
-    if not (code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011)
-            or 3000 <= code <= 4999):
+    if not (code in CLIENT_CLOSE_CODES or 3000 <= code <= 4999):
         raise ProtocolFailure(PROTOCOL_ERROR, f"{code} is not a close code a client may send")
     try:
         payload[2:].decode()

@@ -100,6 +100,7 @@ def test_in_closing_messages_are_read_not_delivered_and_pings_get_no_pong() -> N
 @pytest.mark.parametrize(("payload", "answer", "code"), [
     (close_payload(1000, "bye"), close_payload(1000), 1000),  # the code echoed (§5.5.1)
     (close_payload(4000), close_payload(4000), 4000),
+    (close_payload(1013, "try again later"), close_payload(1013), 1013),  # IANA-registered
     (b"", b"", wsframes.NO_STATUS),  # no code to echo
 ])
 def test_a_clients_close_is_answered_and_the_handshake_is_over(payload: bytes, answer: bytes,
