@@ -48,11 +48,15 @@ def holds_more(request: web.Request) -> bool:
 
 def can_take_over(request: web.Request) -> bool:
     """True when the connection can leave aiohttp and come back (:func:`hand_back`): made by
-    labserver's server with the fast tier on (it keeps a copy of what it read), and the request
-    has no body for aiohttp to read."""
+    labserver's server with the fast tier on (it keeps a copy of what it read), the request has
+    no body for aiohttp to read, and aiohttp has nothing left to send on it."""
     connection = connection_of(request)
-    return connection is not None and connection.received is not None and (
-        not request.can_read_body)
+    transport = request.transport
+    return (connection is not None and connection.received is not None
+            and not request.can_read_body
+            # aiohttp's transport closes after the takeover: bytes it still held would then
+            # follow the new owner's first answer (a pipelining client that stopped reading)
+            and transport is not None and transport.get_write_buffer_size() == 0)
 
 
 @dataclass(frozen=True, slots=True)
