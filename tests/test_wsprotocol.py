@@ -19,9 +19,14 @@ from labserver.wsprotocol import CLOSED, CLOSING, OPEN, Message, ServerProtocol
 MAX = 1024
 
 
+MASK = b"\x1f\x2e\x3d\x4c"  # one fixed mask: the same bytes (and test ids) in every process
+
+
 def client(opcode: Opcode, payload: bytes = b"", fin: bool = True, rsv1: bool = False) -> bytes:
-    frame = Frame(opcode, payload, fin=fin).serialize(mask=True)
-    return bytes([frame[0] | 0x40]) + frame[1:] if rsv1 else frame
+    """A client's frame, masked (§5.3) with :data:`MASK`."""
+    header = Frame(opcode, payload, fin=fin).serialize(mask=False)[:-len(payload) or None]
+    header = bytes([header[0] | (0x40 if rsv1 else 0), header[1] | 0x80]) + header[2:]
+    return header + MASK + wsframes.unmask(MASK, payload)
 
 
 def close_payload(code: int, reason: str = "") -> bytes:
