@@ -2,7 +2,8 @@
 
 One rule bounds a slow client, for every transport that writes to a socket this way
 (:func:`too_slow`): SSE's :class:`SocketWriter`, a WebSocket's ``send_event``
-(:mod:`labserver.ws`), the Socket.IO fan-out's direct write (:mod:`labserver._fast.socketio`).
+(:mod:`labserver.ws`, where it is written out inline) and the Socket.IO fan-out's direct write
+(:mod:`labserver._fast.socketio`).
 
 A push transport frames each event once (:meth:`Event.encoded`) and, after a client's replay,
 hands the event log a write function for that client (:meth:`Subscription.forward`): SSE this
