@@ -36,7 +36,7 @@ from typing import Any
 
 import aiohttp
 
-from .screenshot import CHROMIUM_ARGS, WAIT_TIMEOUT_S, find_chromium
+from .screenshot import CHROMIUM_ARGS, WAIT_TIMEOUT_S, find_chromium, output_path
 
 #: A host name Chromium resolves to 127.0.0.1 in :func:`visit`. Browsers treat ``127.0.0.1`` and
 #: ``localhost`` as "potentially trustworthy" (W3C Secure Contexts §3.1), so a page over https may
@@ -208,7 +208,9 @@ async def visit(
     JavaScript expression ``ready`` (if given) is true in every page, then ``settle_s``, run
     ``after_load`` once and wait for the text it returns to appear in every page, wait
     ``settle_s`` again, then return the value of the JavaScript expression ``report`` in each
-    page (and save a PNG of page *i* at ``screenshots[i]``, if given and not ``None``).
+    page (and save a PNG of page *i* at ``screenshots[i]``, if given and not ``None``; that is
+    the committed file only under ``LABSERVER_SCREENSHOTS=write``, else
+    ``output_path(screenshots[i])``, where the notebook then reads it).
     ``ready`` is what keeps a loaded machine from publishing before a page's streams are open.
 
     The browser accepts any certificate (the run's self-signed one) and resolves
@@ -246,9 +248,8 @@ async def visit(
                     await asyncio.sleep(settle_s)
                 reports = [await page.evaluate(report) for page in pages]
                 for page, shot in zip(pages, screenshots, strict=False):
-                    if shot is not None:
-                        Path(shot).parent.mkdir(parents=True, exist_ok=True)
-                        await page.screenshot(path=str(shot))
+                    if shot is not None:  # the committed file only under make notebooks
+                        await page.screenshot(path=str(output_path(shot)))
             finally:
                 await context.close()  # every stream of every page ends here
     return reports

@@ -134,7 +134,8 @@ def test_a_test_run_does_not_write_the_committed_pictures() -> None:
 
 def test_notebooks_name_a_committed_picture_only_through_screenshot() -> None:
     """Every ``"screenshots/….png"`` in a lesson's code is the path argument of ``screenshot()``
-    (or of ``output_path()``, for a picture another helper takes): a cell that writes or shows
+    (or of ``output_path()``, or in ``production.visit(screenshots=[…])``, which saves through
+    ``output_path()``, for a picture another helper takes): a cell that writes or shows
     the committed file itself would rewrite the clone in every run, or show a stale picture."""
     wrong = []
     for notebook in sorted(NOTEBOOKS.glob("[0-9]*.ipynb")):
@@ -144,6 +145,8 @@ def test_notebooks_name_a_committed_picture_only_through_screenshot() -> None:
             if cell["cell_type"] != "code":
                 continue
             for literal in re.finditer(r"""["']screenshots/[^"']+["']""", source):
-                if not re.search(r"\b(screenshot|output_path)\([^()]*$", source[:literal.start()]):
+                before = source[:literal.start()]
+                if not re.search(r"\b(screenshot|output_path)\([^()]*$|\bscreenshots=\[[^\]]*$",
+                                 before):
                     wrong.append(f"{notebook.name} cell {index}: {literal.group()}")
     assert not wrong, "the committed picture named outside screenshot(): " + "; ".join(wrong)
