@@ -145,9 +145,10 @@ async def socketio_transport(base: str) -> str:
 
     client = socketio.AsyncClient()
     await client.connect(base, wait_timeout=5)
-    transport = client.transport()
-    await client.disconnect()
-    return transport
+    try:
+        return client.transport()
+    finally:
+        await client.disconnect()
 
 
 async def whoami(base: str, headers: dict[str, str] | None = None,

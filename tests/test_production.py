@@ -17,7 +17,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import socketio
 
 import labserver
 from labserver import production
@@ -80,29 +79,11 @@ def stack(nginx_path: str) -> Iterator[Stack]:
         built.stop()
 
 
-async def upgrade_status(base: str) -> int:
-    async with aiohttp.ClientSession() as session:
-        try:
-            async with session.ws_connect(base.replace("http", "ws", 1) + "/ws"):
-                return 101
-        except aiohttp.WSServerHandshakeError as error:
-            return error.status
-
-
-async def socketio_transport(base: str) -> str:
-    client = socketio.AsyncClient()
-    await client.connect(base, wait_timeout=5)
-    try:
-        return client.transport()
-    finally:
-        await client.disconnect()
-
-
 async def test_the_websocket_upgrade_needs_the_upgrade_lines(stack: Stack) -> None:
-    assert await upgrade_status(stack.shipped.url) == 400  # the server saw a plain GET
-    assert await socketio_transport(stack.shipped.url) == "polling"  # the silent fallback
-    assert await upgrade_status(stack.proxy.url) == 101
-    assert await socketio_transport(stack.proxy.url) == "websocket"
+    assert await production.upgrade_status(stack.shipped.url) == 400  # a plain GET arrived
+    assert await production.socketio_transport(stack.shipped.url) == "polling"  # the fallback
+    assert await production.upgrade_status(stack.proxy.url) == 101
+    assert await production.socketio_transport(stack.proxy.url) == "websocket"
     assert "proxy_http_version" not in stack.shipped.config
 
 
