@@ -287,12 +287,24 @@ class RedisProcess:
         self._watchdog = watchdog(self._process.pid)  # a kernel restart must not leave it behind
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return self
+            if self._answers_ping():
+                return self
             time.sleep(0.05)
         self.stop()
         raise RuntimeError("redis-server did not start")
+
+    def _answers_ping(self) -> bool:
+        """Whether the server answers PING with PONG. An open port is not enough: a restart with
+        an append-only file answers ``-LOADING`` (redis-py's BusyLoadingError) until it has read
+        the file back, and a client that came in then would fail."""
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            try:
+                sock.connect(("127.0.0.1", self.port))
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+            except OSError:
+                return False
 
     def stop(self) -> None:
         from .nginx import release
