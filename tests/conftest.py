@@ -276,3 +276,31 @@ def browser_context_factory(chromium_path: str) -> Iterator[Any]:
             yield lambda: browser.new_context().new_page()
         finally:
             browser.close()
+
+
+async def open_every_stream(session: Any, url: str, ws_query: str = "") -> tuple[Any, ...]:
+    """One SSE stream, one ``/ws`` socket and one Socket.IO client (over WebSocket) on the app at
+    ``url``: ``(sse, ws, sio, news)``, where ``news`` is a future for the first ``news`` event."""
+    import asyncio
+
+    import socketio
+
+    sse = await session.get(url + "/sse")
+    ws = await session.ws_connect(url + "/ws" + ws_query)
+    sio = socketio.AsyncClient()
+    news: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+    sio.on("news", lambda event: news.done() or news.set_result(event))
+    await sio.connect(url, transports=["websocket"])
+    return sse, ws, sio, news
+
+
+async def wait_until_open(counters: Any, long_polls: int) -> None:
+    """Wait (5 s at most) until ``long_polls`` long polls and one SSE, ``/ws`` and Socket.IO
+    connection are open by the app's counters."""
+    import asyncio
+
+    for _ in range(250):
+        if (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
+                counters["socketio"].open) == (long_polls, 1, 1, 1):
+            return
+        await asyncio.sleep(0.02)

@@ -150,7 +150,6 @@ async def test_a_broken_subscriber_stalls_no_transport_and_publish_answers_200()
 
     import aiohttp
     import conftest
-    import socketio
 
     from labserver.app import create_app
     from labserver.keys import COUNTERS, LOG
@@ -166,21 +165,11 @@ async def test_a_broken_subscriber_stalls_no_transport_and_publish_answers_200()
         url = f"http://127.0.0.1:{port}"
         app[LOG].subscribe().forward(broken)
         app[LOG].hold(broken_wake)
-        sse = await session.get(url + "/sse")
-        ws = await session.ws_connect(url + "/ws")
-        sio = socketio.AsyncClient()
-        news: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
-        sio.on("news", lambda event: news.done() or news.set_result(event))
-        await sio.connect(url, transports=["websocket"])
+        sse, ws, sio, news = await conftest.open_every_stream(session, url)
         light = asyncio.ensure_future(session.get(url + "/long-poll?after=0&timeout=20"))
         by_aiohttp = asyncio.ensure_future(session.get(
             url + "/long-poll?after=0&timeout=20", headers={"Connection": "close"}))
-        counters = app[COUNTERS]
-        for _ in range(250):
-            if (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
-                    counters["socketio"].open) == (2, 1, 1, 1):
-                break
-            await asyncio.sleep(0.02)
+        await conftest.wait_until_open(app[COUNTERS], long_polls=2)
         async with session.post(url + "/publish", json={"data": "for everyone"}) as resp:
             assert resp.status == 200 and await resp.json() == {"id": 1}
         for poll in (light, by_aiohttp):

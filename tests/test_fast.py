@@ -149,19 +149,10 @@ async def test_every_transport_is_served_with_the_fast_tier_off() -> None:
     assert app[FAST] is False
     async with conftest.serving(app) as port, aiohttp.ClientSession() as session:
         url = f"http://127.0.0.1:{port}"
-        sse = await session.get(url + "/sse")
-        ws = await session.ws_connect(url + "/ws?after=0")
-        sio = socketio.AsyncClient()
-        news: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
-        sio.on("news", lambda event: news.done() or news.set_result(event))
-        await sio.connect(url, transports=["websocket"])
+        sse, ws, sio, news = await conftest.open_every_stream(session, url, "?after=0")
         held = asyncio.ensure_future(session.get(url + "/long-poll?after=0&timeout=20"))
         counters = app[COUNTERS]
-        for _ in range(250):
-            if (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
-                    counters["socketio"].open) == (1, 1, 1, 1):
-                break
-            await asyncio.sleep(0.02)
+        await conftest.wait_until_open(counters, long_polls=1)
         async with session.post(url + "/publish", json={"data": "public"}) as resp:
             assert resp.status == 200
         assert [e["id"] for e in (await (await asyncio.wait_for(held, 2)).json())["events"]] == [1]
