@@ -1,7 +1,6 @@
 # make lab        set up .venv (first use, or when pyproject.toml changed) and open JupyterLab
-# make test       set up .venv and run every test: ruff, pytest, nbval on every notebook
-#                 (two workers; each test file and each notebook stays on one of them), then
-#                 the transports' tests again with the fast tier off (LABSERVER_FAST=0)
+# make test       set up .venv and run every test: ruff, pytest, nbval on every notebook, and
+#                 the transports' tests again with the fast tier off (tests/fast_off)
 # make notebooks  re-run every notebook in place, saving its outputs and its screenshots
 #                 (LABSERVER_SCREENSHOTS=write; any other run leaves notebooks/screenshots/ alone)
 # make lab-check  open every notebook in JupyterLab in headless Chromium, as a learner does:
@@ -52,18 +51,13 @@ else
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) $(ROOT_FLAG) $(LAB_ARGS)
 endif
 
-# The second run serves every transport with the libraries' public APIs alone (LABSERVER_FAST=0:
-# labserver._fast off, as when its canary finds a private part missing); the tests of the fast
-# tier's own behaviour skip themselves there. Of the browser tests only the official Socket.IO
-# client's run again (the rest test pages, not the tier; make test stays under 5 minutes).
-FAST_OFF_TESTS := tests/test_polling.py tests/test_sse.py tests/test_ws.py tests/test_socketio.py \
-	tests/test_app.py
-
+# One pytest session, two workers; each test file and each notebook stays on one of them.
+# tests/fast_off/ runs the transports' test files again with labserver's fast tier off
+# (LABSERVER_FAST=0: every transport on the libraries' public APIs alone, as when its canary finds
+# a private part missing); see FAST_OFF_DIR in tests/conftest.py.
 test: $(STAMP)
 	$(BIN)/ruff check labserver tests benchmarks claims i18n
 	$(BIN)/python -m pytest -n 2 --dist loadfile
-	LABSERVER_FAST=0 $(BIN)/python -m pytest -n 2 --dist loadfile -p no:nbval \
-		-o addopts="-p no:cacheprovider" -k "not browser or official_client" $(FAST_OFF_TESTS)
 
 notebooks: $(STAMP)
 	cd notebooks && for nb in [0-9]*.ipynb; do \

@@ -7,10 +7,12 @@ fail under ``CI=true``: CI must run them.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,8 +172,10 @@ def tool_found(tool: str) -> bool:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    """Skip a notebook whose tool is missing, with the reason. Under CI=true it runs, and
-    fails on the notebook's own clear error: CI must run it."""
+    """Deselect and skip what the fast-tier-off copies leave out (see :data:`FAST_OFF_DIR`).
+    Skip a notebook whose tool is missing, with the reason. Under CI=true it runs, and fails
+    on the notebook's own clear error: CI must run it."""
+    fast_off_collection(config, items)
     if os.environ.get("CI", "").lower() == "true":
         return
     for item in items:
@@ -304,3 +308,57 @@ async def wait_until_open(counters: Any, long_polls: int) -> None:
                 counters["socketio"].open) == (long_polls, 1, 1, 1):
             return
         await asyncio.sleep(0.02)
+
+
+# The fast tier off, in the same session ------------------------------------------------------
+#: ``tests/fast_off/test_X_off.py`` runs ``tests/test_X.py``'s tests again with labserver's
+#: private tier off (``LABSERVER_FAST=0``: every transport served by the libraries' public APIs
+#: alone, as when ``_fast.problems()`` finds a private part missing), in the same pytest session
+#: as everything else: one session start, and the two workers stay busy to the end.
+FAST_OFF_DIR = Path(__file__).parent / "fast_off"
+
+
+def fast_off_copy(module_name: str, namespace: dict[str, Any]) -> None:
+    """Give a ``tests/fast_off`` module every test and fixture of ``tests/<module_name>.py``."""
+    module = importlib.import_module(module_name)
+    namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
+
+
+def in_fast_off(node: Any) -> bool:
+    return Path(node.path).parent == FAST_OFF_DIR
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line(
+        "markers", "own_protocol(why): tests labserver's own RFC 6455 (the fast tier's /ws); "
+        "skipped with the fast tier off, where /ws is aiohttp's WebSocketResponse")
+
+
+def fast_off_collection(config: Any, items: list[Any]) -> None:
+    """In the fast-tier-off copies: no browser tests but the official Socket.IO client's (the
+    rest test pages, not the tier), and no test of labserver's own WebSocket protocol."""
+    kept, deselected = [], []
+    for item in items:
+        if in_fast_off(item) and "browser" in item.name and "official_client" not in item.name:
+            deselected.append(item)
+            continue
+        kept.append(item)
+        marker = item.get_closest_marker("own_protocol")
+        if marker is not None and in_fast_off(item):
+            item.add_marker(pytest.mark.skip(reason=f"fast tier off: {marker.args[0]}"))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_tier_of_module(request: Any) -> Iterator[None]:
+    """``LABSERVER_FAST=0`` for a ``tests/fast_off`` module's tests: ``start()``, ``create_app()``
+    and ``python -m labserver`` read it when they make their options (module scope, so that it
+    is set before any fixture of the module starts a server)."""
+    if not in_fast_off(request.node):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LABSERVER_FAST", "0")
+        yield

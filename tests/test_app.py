@@ -182,3 +182,14 @@ async def test_a_broken_subscriber_stalls_no_transport_and_publish_answers_200()
         await sio.disconnect()
         await ws.close()
         sse.close()
+
+
+def test_the_fast_tier_is_on_here_and_off_in_the_fast_off_copy(request: pytest.FixtureRequest,
+                                                               ) -> None:
+    """tests/fast_off/test_app_off.py runs this file again with the tier off: a test of the
+    copying itself (conftest.fast_off_copy), which would otherwise pass both times unseen."""
+    import conftest
+
+    from labserver.keys import FAST
+
+    assert labserver.create_app()[FAST] is not conftest.in_fast_off(request.node)

@@ -45,7 +45,7 @@ opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def own_protocol(why: str) -> pytest.MarkDecorator:
     """A test of labserver's own RFC 6455 (labserver.wsprotocol, the fast tier's /ws): with the
     fast tier off (LABSERVER_FAST=0) /ws is aiohttp's WebSocketResponse, which differs here."""
-    return pytest.mark.skipif(not fast_by_default(), reason=f"fast tier off: {why}")
+    return pytest.mark.own_protocol(why)  # conftest skips it in tests/fast_off
 
 
 def ws_url(srv: labserver.Server, query: str = "") -> str:

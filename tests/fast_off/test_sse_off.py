@@ -1,0 +1,5 @@
+"""``tests/test_sse.py``'s tests again with labserver's fast tier off (conftest.py)."""
+
+import conftest
+
+conftest.fast_off_copy("test_sse", globals())
