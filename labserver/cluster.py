@@ -39,6 +39,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .children import free_port, release, terminate, wait_until, watchdog
 from .events import DEFAULT_LOG_SIZE, DEFAULT_QUEUE_SIZE, Event, LogUnavailable, MemoryLog
 
 log = logging.getLogger("labserver.cluster")
@@ -266,17 +267,13 @@ class RedisProcess:
         if persistence not in PERSISTENCE:
             raise ValueError(f"persistence is one of {', '.join(PERSISTENCE)}, not {persistence!r}")
         self.executable, self.directory, self.persistence = found, directory, persistence
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._process: Any = None
         self._watchdog: Any = None
 
     def start(self, timeout_s: float = 10) -> RedisProcess:
         import subprocess
-
-        from .nginx import watchdog
 
         self._process = subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
@@ -285,11 +282,8 @@ class RedisProcess:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self._watchdog = watchdog(self._process.pid)  # a kernel restart must not leave it behind
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._answers_ping():
-                return self
-            time.sleep(0.05)
+        if wait_until(self._answers_ping, timeout_s, process=self._process, interval_s=0.05):
+            return self
         self.stop()
         raise RuntimeError("redis-server did not start")
 
@@ -307,13 +301,9 @@ class RedisProcess:
                 return False
 
     def stop(self) -> None:
-        from .nginx import release
-
         guard, self._watchdog = self._watchdog, None
         release(guard)  # SIGTERM to redis-server, still our unreaped child
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            self._process.wait(10)
+        terminate(self._process, 10)  # Redis flushes on SIGTERM: give it time before SIGKILL
         self._process = None
 
     def crash(self) -> None:

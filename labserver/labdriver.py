@@ -29,17 +29,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .children import answers, free_port, terminate, wait_until
 from .screenshot import CHROMIUM_ARGS, SCREENSHOTS_ENV, find_chromium
 
 #: JupyterLab settings for a driven Lab: every cell in the DOM, each cell's timing recorded, no
@@ -93,9 +92,7 @@ class Lab:
         env.update(JUPYTERLAB_SETTINGS_DIR=str(home / "settings"),
                    JUPYTERLAB_WORKSPACES_DIR=str(home / "workspaces"),
                    JUPYTER_RUNTIME_DIR=str(home / "runtime"))
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         command = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
                    f"--port={self.port}", "--ServerApp.ip=127.0.0.1",
                    "--ServerApp.port_retries=0", f"--ServerApp.root_dir={self.root}",
@@ -110,29 +107,16 @@ class Lab:
 
     def wait_ready(self) -> Lab:
         assert self.process is not None, "launch() first"
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                opener.open(f"{self.url}/api/status", timeout=2)
-                return self
-            except OSError:
-                time.sleep(0.1)
+        if wait_until(lambda: answers(f"{self.url}/api/status"), self.start_timeout_s,
+                      process=self.process, interval_s=0.1):
+            return self
         tail = self.log.read_text(errors="replace")[-2000:]
         self.stop()
         raise RuntimeError(f"JupyterLab did not start on {self.url}:\n{tail}")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
+        terminate(self.process, 15)
+        self.process = None
         if self._home is not None:
             self._home.cleanup()
             self._home = None

@@ -33,14 +33,12 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from .children import free_port, listening, release, terminate, wait_until, watchdog
 
 #: How long :meth:`Nginx.start` waits for nginx to listen before giving up.
 START_TIMEOUT_S = 10.0
@@ -51,17 +49,6 @@ START_ATTEMPTS = 3
 #: The temporary directories nginx writes request and response bodies to, relative to the prefix.
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 BALANCES = ("round_robin", "hash_addr", "cookie:<NAME>")
-#: A watchdog beside nginx: it reads its standard input, a pipe this process holds, until
-#: end-of-file — which comes from :meth:`Nginx.stop` or when this process dies in any way
-#: (kernel restart, crash, SIGKILL) — then stops nginx. nginx reads no pipe itself; this is how
-#: ``labserver.start()``'s child is tied to its parent, on Linux and macOS alike.
-WATCHDOG = """import os, signal, sys
-sys.stdin.buffer.read()
-try:
-    os.kill(int(sys.argv[1]), signal.SIGTERM)
-except OSError:
-    pass
-"""
 
 
 def find_nginx() -> str | None:
@@ -127,30 +114,6 @@ def make_certificate(directory: str | Path,
     return cert_path, key_path
 
 
-def watchdog(pid: int) -> subprocess.Popen[bytes]:
-    """Start a :data:`WATCHDOG` for the child ``pid``; closing its stdin stops the child."""
-    return subprocess.Popen(
-        [sys.executable, "-I", "-S", "-c", WATCHDOG, str(pid)],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
-
-
-def release(guard: subprocess.Popen[bytes] | None, timeout_s: float = 1.0) -> None:
-    """Close a watchdog's pipe and wait for it: it has sent its SIGTERM when this returns.
-
-    Call it while the child is not yet reaped, so that its pid cannot have been reused."""
-    if guard is not None:
-        assert guard.stdin is not None
-        guard.stdin.close()
-        guard.wait(timeout_s)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _nginx_time(seconds: float) -> str:
     """``proxy_read_timeout``'s units: whole seconds as ``60s``, anything finer as ``1500ms``."""
     if seconds <= 0:
@@ -206,8 +169,8 @@ class Nginx:
             raise FileNotFoundError(
                 "nginx not found: install it (Debian/Ubuntu: apt-get install nginx; macOS: brew "
                 "install nginx; conda: conda install -c conda-forge nginx)")
-        self.port = _free_port()
-        self.tls_port: int | None = _free_port() if tls else None
+        self.port = free_port()
+        self.tls_port: int | None = free_port() if tls else None
         self.directory: Path | None = None
         self.cert_path: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -330,8 +293,8 @@ class Nginx:
             if "Address already in use" not in error or attempt == START_ATTEMPTS:
                 self.stop()
                 raise RuntimeError(f"nginx did not start:\n{error}")
-            self.port = _free_port()
-            self.tls_port = _free_port() if self.tls else None
+            self.port = free_port()
+            self.tls_port = free_port() if self.tls else None
         raise AssertionError("unreachable")
 
     def _start_once(self, timeout_s: float) -> str | None:
@@ -347,22 +310,15 @@ class Nginx:
             start_new_session=True,  # an interrupted cell's Ctrl-C is not nginx's signal
         )
         ports = [p for p in (self.port, self.tls_port) if p is not None]
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._process = None
-                return self._error_tail()
-            if all(self._listening(port) for port in ports):
-                return None
-            time.sleep(0.02)
+        if wait_until(lambda: all(listening(port) for port in ports), timeout_s,
+                      process=self._process):
+            return None
+        if self._process.poll() is not None:
+            self._process = None
+            return self._error_tail()
         tail = self._error_tail()
         self.stop()
         return "timed out\n" + tail
-
-    @staticmethod
-    def _listening(port: int) -> bool:
-        with socket.socket() as sock:
-            return sock.connect_ex(("127.0.0.1", port)) == 0
 
     def error_log(self) -> str:
         """The text of nginx's ``error.log`` in this run (empty before :meth:`start`)."""
@@ -384,13 +340,8 @@ class Nginx:
         process, self._process = self._process, None
         guard, self._watchdog = self._watchdog, None
         release(guard, STOP_TIMEOUT_S)  # SIGTERM to nginx, still our unreaped child
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # nginx's fast shutdown: master and workers
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)  # its own session: master and workers
-                process.wait()
+        # SIGTERM is nginx's fast shutdown; SIGKILL goes to its session: master and workers
+        terminate(process, STOP_TIMEOUT_S, group=True)
         atexit.unregister(self.stop)
         if self.directory is not None:
             shutil.rmtree(self.directory, ignore_errors=True)

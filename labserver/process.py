@@ -31,6 +31,7 @@ import time
 import urllib.request
 from typing import Any
 
+from .children import terminate
 from .counters import stats_diff
 from .options import Options
 
@@ -129,12 +130,7 @@ class Server:
         try:
             self._process.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self._process.terminate()
-            try:
-                self._process.wait(1)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            terminate(self._process, 1.0)
         if self._process.returncode == 0:  # a clean exit: its log has nothing left to tell
             for path in (self.log_path, self.log_path + ".1"):
                 with contextlib.suppress(FileNotFoundError):

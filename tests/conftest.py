@@ -19,6 +19,7 @@ import pytest
 
 import labserver
 import labserver.process
+from labserver.children import answers, free_port, terminate, wait_until
 from labserver.screenshot import CHROMIUM_ARGS, find_chromium  # one home for Chromium's flags
 
 # Hundreds of tests start a server: keep one child warm (its imports done) for the next start.
@@ -211,11 +212,7 @@ class JupyterProxy:
     base_url = "/user/ada/"
 
     def __init__(self) -> None:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.process: Any = None
 
     def url_for(self, server_port: int, path: str = "") -> str:
@@ -225,8 +222,6 @@ class JupyterProxy:
     def start(self, root_dir: str) -> None:
         import subprocess
         import sys
-        import time
-        import urllib.request
 
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
@@ -236,24 +231,12 @@ class JupyterProxy:
              "--IdentityProvider.token=", "--ServerApp.password="],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                opener.open(f"http://127.0.0.1:{self.port}{self.base_url}api/status", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("jupyter server did not start")
+        status = f"http://127.0.0.1:{self.port}{self.base_url}api/status"
+        if not wait_until(lambda: answers(status), 30, process=self.process, interval_s=0.1):
+            raise RuntimeError("jupyter server did not start")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 10)
 
 
 @pytest.fixture(scope="module")
