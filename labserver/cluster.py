@@ -114,18 +114,10 @@ class RedisLog(MemoryLog):
         self.published_here += 1
         # The event reaches this node's mirror through the stream, like every other node's:
         # wait for it there, so that a poll on this node right after sees it.
-        deadline = time.monotonic() + PUBLISH_ECHO_TIMEOUT_S
-        while self.last_id < new_id and time.monotonic() < deadline:
-            try:
-                await asyncio.wait_for(self._changed.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                break
-        for event in reversed(self._events):
-            if event.id == new_id:
-                return event
-            if event.id < new_id:
-                break
-        return Event.create(new_id, data)  # mirrored late or trimmed; published all the same
+        event = await self.wait_for_id(new_id, PUBLISH_ECHO_TIMEOUT_S)
+        if event is None:  # mirrored late or trimmed; published all the same
+            event = Event.create(new_id, data)
+        return event
 
     # --- following the stream -------------------------------------------------------
 
@@ -190,11 +182,11 @@ class RedisLog(MemoryLog):
             self._stream_pos = entry_id
             if event.id <= self.last_id:
                 continue  # already mirrored
-            if self._events and event.id != self.last_id + 1:
+            if len(self) and event.id != self.last_id + 1:
                 # Entries were trimmed while this node could not read them: start the mirror
                 # afresh so that cursors before it report a gap rather than skip silently.
                 log.warning("mirror restarts at id %d (had %d)", event.id, self.last_id)
-                self._events.clear()
+                self.clear()
             self.append(event)
 
     async def _heartbeat(self) -> None:

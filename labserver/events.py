@@ -352,6 +352,35 @@ class MemoryLog:
             if page.events or page.gap:
                 return page
 
+    def get(self, event_id: int) -> Event | None:
+        """The event with this id, if the log still keeps it."""
+        for event in reversed(self._events):
+            if event.id == event_id:
+                return event
+            if event.id < event_id:
+                break
+        return None
+
+    async def wait_for_id(self, event_id: int, timeout_s: float) -> Event | None:
+        """The event with this id once the log has it (a node of a cluster waits for its own
+        publish to come back through Redis: :class:`labserver.cluster.RedisLog`); ``None`` if
+        the log has not reached it within ``timeout_s``, or no longer keeps it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._last_id < event_id and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
+            except TimeoutError:
+                break
+        return self.get(event_id)
+
+    def clear(self) -> None:
+        """Forget every event kept, not the last id: a cursor before the next event appended
+        then reports a gap (a cluster node's mirror that missed trimmed entries starts
+        afresh)."""
+        self._events.clear()
+        self._pages = {}
+
     def hold(self, wake: Callable[[], None]) -> None:
         """Call ``wake()`` once, at the next event (a long poll held by its connection, with
         no coroutine waiting: :mod:`labserver._fast.keepalive`)."""
