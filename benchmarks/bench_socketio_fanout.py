@@ -26,6 +26,7 @@ import socketio
 import websockets
 
 import labserver
+from labserver.browser import chromium_sync, find_chromium
 from labserver.measure import WORKLOAD, Deliveries, percentile, publish_workload
 
 CLIENTS = 100
@@ -113,35 +114,20 @@ async def handshake(transports: list[str] | None) -> dict[str, int]:
 
 def browser_handshake(query: str) -> dict[str, int] | None:
     """The same with the official client in Chromium (socketio.html), if Chromium is here."""
-    import shutil
-    import tempfile
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
+    if find_chromium() is None:
         return None
-    from playwright.sync_api import sync_playwright
-
-    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync"]
-    with labserver.start() as srv, tempfile.TemporaryDirectory() as profile, \
-            sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(profile, executable_path=chromium,
-                                                       headless=True, args=args)
-        try:
-            page = context.new_page()
-            before = srv.stats()
-            page.goto(srv.url + "/socketio.html" + query)
-            want = "polling" if "polling" in query else "websocket"
-            page.wait_for_function(f"document.getElementById('transport').textContent === "
-                                   f"'{want}' && document.getElementById('state').textContent "
-                                   f"=== 'connected'", timeout=10_000)
-            page.wait_for_timeout(500)  # whatever follows the upgrade
-            page.close()  # the tab goes: its connection closes
-            time.sleep(0.2)
-            return srv.stats_since(before)["transports"]["socketio"]
-        finally:
-            context.close()
+    with labserver.start() as srv, chromium_sync() as browser:
+        page = browser.new_page()
+        before = srv.stats()
+        page.goto(srv.url + "/socketio.html" + query)
+        want = "polling" if "polling" in query else "websocket"
+        page.wait_for_function(f"document.getElementById('transport').textContent === "
+                               f"'{want}' && document.getElementById('state').textContent "
+                               f"=== 'connected'", timeout=10_000)
+        page.wait_for_timeout(500)  # whatever follows the upgrade
+        page.close()  # the tab goes: its connection closes
+        time.sleep(0.2)
+        return srv.stats_since(before)["transports"]["socketio"]
 
 
 async def main() -> None:

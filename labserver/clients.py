@@ -43,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +52,11 @@ import socketio
 
 from .counters import stats_diff
 from .measure import WORKLOAD, Deliveries, Publisher, Workload, publish_workload, summarize_ms
+from .production import (  # noqa: F401 (06_compare imports them from here; they live there)
+    CHROMIUM_POLL_REQUEST_BYTES,
+    BrowserRequest,
+    chromium_poll_request,
+)
 
 #: How long a long poll may be held (seconds). Shorter than the server's default of 25, longer
 #: than any gap between events in a workload here: a held request is answered by an event.
@@ -61,16 +65,6 @@ LONG_POLL_TIMEOUT_S = 10.0
 SHORT_POLL_INTERVAL_S = 0.1
 #: How long after the last publish the driver waits for every delivery, beyond the workload.
 DELIVERY_GRACE_S = 10.0
-
-#: What one request of Chromium's ``fetch("poll?after=0", {credentials: "omit"})`` sends —
-#: request line and headers, no body, no cookies — in bytes. ``tests/test_browser_headers.py``
-#: measures it at the server's socket in Debian's headless Chromium and asserts it lies in this
-#: range (measured: 499 bytes, Chromium 156 on 127.0.0.1 with a five-digit port: User-Agent,
-#: three ``sec-ch-ua*``, three ``Sec-Fetch-*``, Referer, Accept-Encoding, Accept-Language,
-#: Connection, Host, Accept). A site's cookies come on top. HPBN's estimate of ~800 bytes of
-#: request and response headers per polling request (cookies not counted) is such a request
-#: plus an answer's headers. A lesson quotes the range; the test keeps it true.
-CHROMIUM_POLL_REQUEST_BYTES = (400, 700)
 
 
 @dataclass
@@ -461,70 +455,6 @@ async def _settled(srv: Stats, before: dict[str, Any], counters: list[str],
                for c in counters) or loop.time() > deadline:
             return now
         await asyncio.sleep(0.02)
-
-
-# --- a browser's poll, measured -------------------------------------------------------------
-
-#: What Chromium's poll asks, from a page of the server, without cookies (see
-#: :data:`CHROMIUM_POLL_REQUEST_BYTES` and :func:`chromium_poll_request`).
-FETCH_POLL = """async () => {
-    const resp = await fetch("poll?after=0", {credentials: "omit"});
-    return [resp.status, (await resp.text()).length];   // the body is ASCII JSON
-}"""
-
-
-@dataclass(frozen=True)
-class BrowserRequest:
-    """One ``GET /poll`` sent by headless Chromium, as the server counted it at its socket."""
-
-    request_bytes: int  # request line and headers (a GET has no body): the server's bytes_in
-    response_bytes: int  # the answer, headers and body: the server's bytes_out
-    body_bytes: int  # the answer's body, as the page received it
-    header_names: tuple[str, ...]  # the request's header names, as Chromium sent them, sorted
-
-    @property
-    def response_header_bytes(self) -> int:
-        return self.response_bytes - self.body_bytes
-
-
-async def chromium_poll_request(srv: Stats) -> BrowserRequest:
-    """Open the server's index page in headless Chromium and ``fetch()`` one empty poll.
-
-    The same request a page that polls sends, measured in the run: the lesson compares it
-    with HPBN's ~800 bytes instead of quoting a constant. Needs Debian's ``chromium`` and
-    Playwright (``RuntimeError`` without them; never a downloaded browser).
-    """
-    from .screenshot import CHROMIUM_ARGS, find_chromium
-
-    chromium = find_chromium()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        chromium = None
-    if chromium is None:
-        raise RuntimeError("measuring a browser's request needs chromium and playwright "
-                           "(apt-get install chromium; pip install playwright)")
-    with tempfile.TemporaryDirectory() as profile:
-        async with async_playwright() as p:
-            context = await p.chromium.launch_persistent_context(
-                profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-            try:
-                page = await context.new_page()
-                await page.goto(srv.url + "/", wait_until="load")
-                before = await srv.astats()
-                async with page.expect_request(lambda r: "/poll?" in r.url) as request:
-                    status, body_bytes = await page.evaluate(FETCH_POLL)
-                headers = await (await request.value).all_headers()
-            finally:
-                await context.close()
-    used = stats_diff(before, await srv.astats())["transports"]["poll"]
-    if status != 200 or used["requests"] != 1:
-        raise RuntimeError(f"expected one answered poll, got {used['requests']} ({status})")
-    return BrowserRequest(
-        request_bytes=used["bytes_in"], response_bytes=used["bytes_out"],
-        body_bytes=body_bytes,
-        header_names=tuple(sorted(headers)),
-    )
 
 
 # --- clients in processes of their own ------------------------------------------------------

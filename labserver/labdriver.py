@@ -38,8 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .browser import chromium_sync
 from .children import answers, free_port, terminate, wait_until
-from .screenshot import CHROMIUM_ARGS, SCREENSHOTS_ENV, find_chromium
+from .screenshot import SCREENSHOTS_ENV
 
 #: JupyterLab settings for a driven Lab: every cell in the DOM, each cell's timing recorded, no
 #: autosave into the notebooks, no news fetched from the internet.
@@ -173,17 +174,8 @@ def mermaid_blocks(notebook: Path) -> dict[int, int]:
 def lab_browser(chromium: str | None = None, *, width: int = 1280,
                 height: int = 900) -> Iterator[Any]:
     """A Playwright page (sync API) in a fresh headless Chromium, closed after."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = chromium or find_chromium()
-    if chromium is None:
-        raise RuntimeError("chromium is not installed (apt-get install chromium)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser.new_page(viewport={"width": width, "height": height})
-        finally:
-            browser.close()
+    with chromium_sync(chromium) as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
 
 
 def open_lab(page: Any, lab: Lab, *, timeout_s: float = 90) -> None:

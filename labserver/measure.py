@@ -115,6 +115,10 @@ def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
 
 
 class StatsPublisher(Publisher, Protocol):
+    """What a driver needs of a server handle (``labserver.start()`` returns one)."""
+
+    url: str
+
     async def astats(self) -> dict[str, Any]: ...
 
 

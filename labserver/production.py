@@ -20,14 +20,17 @@ stay in the notebook's cells; this module holds what they need around them:
 * :func:`nginx_messages` the lines of nginx's error log without their timestamps and ids;
 * :func:`visit` opens pages side by side in headless Chromium (Debian's, never a downloaded
   one) that accepts the run's self-signed certificate (``ignore_https_errors``), publishes, and
-  reads back what each page recorded, with a screenshot for a rendered notebook.
+  reads back what each page recorded, with a screenshot for a rendered notebook;
+* :func:`chromium_poll_request` one empty poll sent by Chromium, measured at the server's
+  socket (``06_compare`` sets it beside HPBN's ~800 bytes; :data:`CHROMIUM_POLL_REQUEST_BYTES`).
+
+Chromium is started by :mod:`labserver.browser`, as everywhere in labserver.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -36,7 +39,11 @@ from typing import Any
 
 import aiohttp
 
-from .screenshot import CHROMIUM_ARGS, WAIT_TIMEOUT_S, find_chromium, output_path
+from .browser import chromium
+from .counters import stats_diff
+from .measure import StatsPublisher
+from .nginx import Nginx
+from .screenshot import WAIT_TIMEOUT_S, output_path
 
 #: A host name Chromium resolves to 127.0.0.1 in :func:`visit`. Browsers treat ``127.0.0.1`` and
 #: ``localhost`` as "potentially trustworthy" (W3C Secure Contexts §3.1), so a page over https may
@@ -81,12 +88,13 @@ class LoggedRequest:
     bytes_sent: int = 0
 
 
-async def logged_requests(proxy: Any, settle_s: float = 0.3,
+async def logged_requests(proxy: Nginx, settle_s: float = 0.3,
                           timeout_s: float = 3.0) -> list[LoggedRequest]:
     """The requests nginx logged with :data:`PROTOCOL_LOG`, once the log has not grown for
     ``settle_s`` (a stream is logged when it ends, a moment after its page closed; at most
     ``timeout_s``). Read before ``stop()``, which removes nginx's directory."""
-    path = Path(proxy.directory) / "protocols.log"
+    assert proxy.directory is not None, "read the log before proxy.stop()"
+    path = proxy.directory / "protocols.log"
     deadline = time.monotonic() + timeout_s
     text = None
     while time.monotonic() < deadline:
@@ -118,7 +126,7 @@ async def response_head_bytes(url: str, path: str = "/sse", timeout_s: float = 5
         writer.close()
 
 
-def nginx_messages(proxy: Any, contains: str = "") -> list[str]:
+def nginx_messages(proxy: Nginx, contains: str = "") -> list[str]:
     """The messages of nginx's error log that contain ``contains``, without the timestamp,
     the pid and the connection number, nor the ports after them: what a lesson can print."""
     messages = []
@@ -216,41 +224,88 @@ async def visit(
 
     The browser accepts any certificate (the run's self-signed one) and resolves
     :data:`LAB_HOST` to 127.0.0.1; everything else — mixed content, the connection limits — is
-    Chromium's own behaviour. Raises ``RuntimeError`` where Chromium or Playwright is missing:
-    a measurement cannot be replayed from a picture.
+    Chromium's own behaviour. Raises :class:`~labserver.browser.BrowserMissing` (a
+    ``RuntimeError``) where Chromium or Playwright is missing: a measurement cannot be replayed
+    from a picture.
     """
-    chromium = find_chromium()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError as error:
-        raise RuntimeError("Playwright is not installed (pip install playwright)") from error
-    if chromium is None:
-        raise RuntimeError("Chromium is not installed (apt-get install chromium)")
-    args = [*CHROMIUM_ARGS, f"--host-resolver-rules=MAP {LAB_HOST} 127.0.0.1"]
-    with tempfile.TemporaryDirectory() as profile:
-        async with async_playwright() as p:
-            context = await p.chromium.launch_persistent_context(
-                profile, executable_path=chromium, headless=True, args=args,
-                viewport={"width": width, "height": height}, ignore_https_errors=True,
-            )
-            try:
-                pages = [await context.new_page() for _ in urls]
-                await asyncio.gather(*(page.goto(url, wait_until="load")
-                                       for page, url in zip(pages, urls, strict=True)))
-                if ready:
-                    await asyncio.gather(*(page.wait_for_function(
-                        ready, timeout=WAIT_TIMEOUT_S * 1000) for page in pages))
-                await asyncio.sleep(settle_s)
-                text = await after_load() if after_load is not None else None
-                if text:
-                    await asyncio.gather(*(page.wait_for_function(
-                        "t => document.body.innerText.includes(t)", arg=text,
-                        timeout=WAIT_TIMEOUT_S * 1000) for page in pages))
-                    await asyncio.sleep(settle_s)
-                reports = [await page.evaluate(report) for page in pages]
-                for page, shot in zip(pages, screenshots, strict=False):
-                    if shot is not None:  # the committed file only under make notebooks
-                        await page.screenshot(path=str(output_path(shot)))
-            finally:
-                await context.close()  # every stream of every page ends here
+    args = [f"--host-resolver-rules=MAP {LAB_HOST} 127.0.0.1"]
+    async with chromium(args=args) as browser:
+        context = await browser.new_context(viewport={"width": width, "height": height},
+                                            ignore_https_errors=True)
+        pages = [await context.new_page() for _ in urls]  # one context: one connection pool
+        await asyncio.gather(*(page.goto(url, wait_until="load")
+                               for page, url in zip(pages, urls, strict=True)))
+        if ready:
+            await asyncio.gather(*(page.wait_for_function(
+                ready, timeout=WAIT_TIMEOUT_S * 1000) for page in pages))
+        await asyncio.sleep(settle_s)
+        text = await after_load() if after_load is not None else None
+        if text:
+            await asyncio.gather(*(page.wait_for_function(
+                "t => document.body.innerText.includes(t)", arg=text,
+                timeout=WAIT_TIMEOUT_S * 1000) for page in pages))
+            await asyncio.sleep(settle_s)
+        reports = [await page.evaluate(report) for page in pages]
+        for page, shot in zip(pages, screenshots, strict=False):
+            if shot is not None:  # the committed file only under make notebooks
+                await page.screenshot(path=str(output_path(shot)))
     return reports
+
+
+# --- a browser's poll, measured -------------------------------------------------------------
+
+#: What one request of Chromium's ``fetch("poll?after=0", {credentials: "omit"})`` sends —
+#: request line and headers, no body, no cookies — in bytes. ``tests/test_browser_headers.py``
+#: measures it at the server's socket in Debian's headless Chromium and asserts it lies in this
+#: range (measured: 499 bytes, Chromium 156 on 127.0.0.1 with a five-digit port: User-Agent,
+#: three ``sec-ch-ua*``, three ``Sec-Fetch-*``, Referer, Accept-Encoding, Accept-Language,
+#: Connection, Host, Accept). A site's cookies come on top. HPBN's estimate of ~800 bytes of
+#: request and response headers per polling request (cookies not counted) is such a request
+#: plus an answer's headers. A lesson quotes the range; the test keeps it true.
+CHROMIUM_POLL_REQUEST_BYTES = (400, 700)
+
+#: What Chromium's poll asks, from a page of the server, without cookies (see
+#: :data:`CHROMIUM_POLL_REQUEST_BYTES` and :func:`chromium_poll_request`).
+FETCH_POLL = """async () => {
+    const resp = await fetch("poll?after=0", {credentials: "omit"});
+    return [resp.status, (await resp.text()).length];   // the body is ASCII JSON
+}"""
+
+
+@dataclass(frozen=True)
+class BrowserRequest:
+    """One ``GET /poll`` sent by headless Chromium, as the server counted it at its socket."""
+
+    request_bytes: int  # request line and headers (a GET has no body): the server's bytes_in
+    response_bytes: int  # the answer, headers and body: the server's bytes_out
+    body_bytes: int  # the answer's body, as the page received it
+    header_names: tuple[str, ...]  # the request's header names, as Chromium sent them, sorted
+
+    @property
+    def response_header_bytes(self) -> int:
+        return self.response_bytes - self.body_bytes
+
+
+async def chromium_poll_request(srv: StatsPublisher) -> BrowserRequest:
+    """Open the server's index page in headless Chromium and ``fetch()`` one empty poll.
+
+    The same request a page that polls sends, measured in the run: the lesson compares it
+    with HPBN's ~800 bytes instead of quoting a constant. Needs Debian's ``chromium`` and
+    Playwright (:class:`~labserver.browser.BrowserMissing`, a ``RuntimeError``, without them;
+    never a downloaded browser).
+    """
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(srv.url + "/", wait_until="load")
+        before = await srv.astats()
+        async with page.expect_request(lambda r: "/poll?" in r.url) as request:
+            status, body_bytes = await page.evaluate(FETCH_POLL)
+        headers = await (await request.value).all_headers()
+    used = stats_diff(before, await srv.astats())["transports"]["poll"]
+    if status != 200 or used["requests"] != 1:
+        raise RuntimeError(f"expected one answered poll, got {used['requests']} ({status})")
+    return BrowserRequest(
+        request_bytes=used["bytes_in"], response_bytes=used["bytes_out"],
+        body_bytes=body_bytes,
+        header_names=tuple(sorted(headers)),
+    )

@@ -6,8 +6,10 @@ is a blank box. So each lesson that embeds a demo also opens the same page in he
 page worth looking at — usually publishes an event — waits until the page *shows* it, and takes a
 PNG that the cell displays.
 
-    path = await labserver.screenshot(srv.url + "/sse.html", "screenshots/02_sse.png",
-                                      after_load=publish_one)
+    from labserver.screenshot import screenshot
+
+    path = await screenshot(srv.url + "/sse.html", "screenshots/02_sse.png",
+                            after_load=publish_one)
 
 Where the picture goes: the committed file ``path`` is written only when the environment
 variable ``LABSERVER_SCREENSHOTS=write`` is set (``make notebooks`` sets it). Any other run —
@@ -26,8 +28,9 @@ Whatever text it returns is waited for in the page before the picture is taken, 
 never shows a page that has not yet received the event.
 
 Where Chromium or Playwright is missing (a learner's laptop), the PNG committed with the lesson
-is left as it is and its path returned: the notebook still shows the demo as it looked in the
-last full run.
+is left as it is and its path returned, with a warning that says so: the notebook still shows
+the demo, as it looked in the last full run, not in this one. Chromium is started by
+:mod:`labserver.browser`, as everywhere in labserver.
 """
 
 from __future__ import annotations
@@ -37,17 +40,16 @@ import inspect
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-#: The flags every headless Chromium here starts with: no sandbox (root in CI), and none of the
-#: background traffic that a closed network refuses (see PITFALLS: Browsers).
-CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+from .browser import CHROMIUM_ARGS, BrowserMissing, chromium, find_chromium
+
+__all__ = ["CHROMIUM_ARGS", "READY", "SCREENSHOTS_ENV", "WAIT_TIMEOUT_S", "find_chromium",
+           "output_path", "ready_expression", "screenshot", "writes_committed"]
 
 #: How long a page may take to get ready, and then to show the text it is waited for (s). Each
 #: wait ends as soon as the page is there; the bound is for a machine under load (two test
@@ -68,11 +70,6 @@ READY = {
 }
 
 _temporary: list[str] = []
-
-
-def find_chromium() -> str | None:
-    """The path of the system's Chromium, or ``None`` when it is not installed."""
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def writes_committed() -> bool:
@@ -115,37 +112,27 @@ async def screenshot(
     page, and save a PNG of the viewport.
 
     Returns the PNG's path: ``path`` under ``LABSERVER_SCREENSHOTS=write``, else a temporary
-    file (see :func:`output_path`). Without Chromium or Playwright nothing is taken and ``path``
-    (the committed picture, if any) is returned as it is.
+    file (see :func:`output_path`). Without Chromium or Playwright nothing is taken: ``path``
+    (the committed picture, if any) is returned as it is, with a warning that says so.
     """
-    chromium = find_chromium()
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        return Path(path)
-    if chromium is None:
-        return Path(path)
     target = output_path(path)
     ready = ready if ready is not None else ready_expression(url)
-    with tempfile.TemporaryDirectory() as profile:
-        async with async_playwright() as p:
-            context = await p.chromium.launch_persistent_context(
-                profile, executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": width, "height": height},
-            )
-            try:
-                page = await context.new_page()
-                await page.goto(url, wait_until="load")
-                if ready:
-                    await _wait(page, f"() => Boolean({ready})", None,
-                                f"{url} was not ready ({ready})")
-                text = await _call(after_load, page) if after_load is not None else None
-                if text:
-                    await _wait(page, "t => document.body.innerText.includes(t)", text,
-                                f"{url} never showed {text!r}")
-                await page.screenshot(path=str(target))
-            finally:
-                await context.close()
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page(viewport={"width": width, "height": height})
+            await page.goto(url, wait_until="load")
+            if ready:
+                await _wait(page, f"() => Boolean({ready})", None,
+                            f"{url} was not ready ({ready})")
+            text = await _call(after_load, page) if after_load is not None else None
+            if text:
+                await _wait(page, "t => document.body.innerText.includes(t)", text,
+                            f"{url} never showed {text!r}")
+            await page.screenshot(path=str(target))
+    except BrowserMissing as missing:
+        warnings.warn(f"{missing}: {path} is the picture committed with the lesson, from its "
+                      "last full run, not this run's page", stacklevel=2)
+        return Path(path)
     return target
 
 

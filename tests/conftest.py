@@ -19,8 +19,8 @@ import pytest
 
 import labserver
 import labserver.process
+from labserver.browser import chromium_sync, find_chromium  # one home for launching Chromium
 from labserver.children import answers, free_port, terminate, wait_until
-from labserver.screenshot import CHROMIUM_ARGS, find_chromium  # one home for Chromium's flags
 
 # Hundreds of tests start a server: keep one child warm (its imports done) for the next start.
 labserver.process.keep_spare()
@@ -116,16 +116,8 @@ def chromium_path() -> str:
 @pytest.fixture
 def browser_page(chromium_path: str) -> Iterator[Any]:
     """A Playwright page in Debian's headless Chromium (never a downloaded browser)."""
-    from playwright.sync_api import sync_playwright
-
-    with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile, executable_path=chromium_path, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
+    with chromium_sync(chromium_path) as browser:
+        yield browser.new_page()
 
 
 @pytest.fixture(scope="session")
@@ -254,15 +246,8 @@ def jupyter_proxy() -> Iterator[JupyterProxy]:
 def browser_context_factory(chromium_path: str) -> Iterator[Any]:
     """``new_page()`` → a page in a fresh browser context of one headless Chromium: each
     context has its own cookies, so two pages are two users (two sessions)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path, headless=True,
-                                    args=CHROMIUM_ARGS)
-        try:
-            yield lambda: browser.new_context().new_page()
-        finally:
-            browser.close()
+    with chromium_sync(chromium_path) as browser:
+        yield lambda: browser.new_context().new_page()
 
 
 async def open_every_stream(session: Any, url: str, ws_query: str = "") -> tuple[Any, ...]:

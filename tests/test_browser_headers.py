@@ -3,7 +3,7 @@
 HPBN's XHR chapter estimates about 800 bytes of request and response headers (cookies not
 counted) for every polling request; the Python clients of the lessons send far fewer. The lesson
 ``06_compare`` measures its Python client and quotes the browser's figure,
-:data:`labserver.clients.CHROMIUM_POLL_REQUEST_BYTES`, which this test keeps true: a real
+:data:`labserver.production.CHROMIUM_POLL_REQUEST_BYTES`, which this test keeps true: a real
 headless Chromium ``fetch()``es ``/poll`` from a page of the server, and the server
 counts the request's bytes at its socket.
 """
@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 
 import labserver
-from labserver.clients import CHROMIUM_POLL_REQUEST_BYTES
+from labserver.production import CHROMIUM_POLL_REQUEST_BYTES
 
 #: The page's fetch, without cookies (the measured figure is headers the browser always sends).
 FETCH_POLL = """async () => {

@@ -145,17 +145,6 @@ async def test_socketio_by_hand_reads_the_same_frames_as_the_library(
     assert abs(per_event[0] - per_event[1]) < 0.01 and by_hand.streaming["bytes_in"] == 0
 
 
-async def test_chromium_poll_request_is_measured_at_the_socket(
-        srv: labserver.Server, chromium_path: str) -> None:
-    from labserver.clients import CHROMIUM_POLL_REQUEST_BYTES, chromium_poll_request
-
-    browser = await chromium_poll_request(srv)
-    low, high = CHROMIUM_POLL_REQUEST_BYTES
-    assert low <= browser.request_bytes <= high
-    assert {"user-agent", "sec-fetch-mode", "referer", "host"} <= set(browser.header_names)
-    assert browser.body_bytes > 0 and 100 <= browser.response_header_bytes <= 250
-    assert srv.stats()["transports"]["poll"]["requests"] == 1  # the page itself polls nothing
-
 def event_json_sizes(result) -> list[int]:
     """Each event's JSON as the server serialised it (``Event.create``)."""
     first = result.deliveries[0]

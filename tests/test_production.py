@@ -280,3 +280,13 @@ def test_the_demo_pages_work_behind_the_hub_proxy(jupyter_proxy: Any, browser_pa
         event_id = srv.publish({"through": "the proxy"})
         for row in ("sse-0", "sse-1", "ws-0"):
             page.locator(f"#{row}", has_text=f"event {event_id}").wait_for(timeout=10_000)
+
+
+async def test_chromium_poll_request_is_measured_at_the_socket(
+        srv: labserver.Server, chromium_path: str) -> None:
+    browser = await production.chromium_poll_request(srv)
+    low, high = production.CHROMIUM_POLL_REQUEST_BYTES
+    assert low <= browser.request_bytes <= high
+    assert {"user-agent", "sec-fetch-mode", "referer", "host"} <= set(browser.header_names)
+    assert browser.body_bytes > 0 and 100 <= browser.response_header_bytes <= 250
+    assert srv.stats()["transports"]["poll"]["requests"] == 1  # the page itself polls nothing

@@ -123,7 +123,8 @@ async def test_without_chromium_the_committed_picture_is_kept(tmp_path: Path,
     committed = tmp_path / "committed.png"
     committed.write_bytes(PNG_MAGIC + b"old")
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    path = await screenshot("http://127.0.0.1:9/never-opened", committed)
+    with pytest.warns(UserWarning, match="Chromium is not installed .* not this run's page"):
+        path = await screenshot("http://127.0.0.1:9/never-opened", committed)
     assert path == committed and committed.read_bytes() == PNG_MAGIC + b"old"
 
 
