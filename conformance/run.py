@@ -34,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from echo_app import MAX_MESSAGE_BYTES, make_app  # noqa: E402
 
-from labserver.app import serve  # noqa: E402
+from labserver.app import serving  # noqa: E402
 from labserver.wsframes import FRAGMENT_COST_BYTES  # noqa: E402
 
 WSTEST = HERE / ".venv2" / "bin" / "wstest"
@@ -114,24 +114,19 @@ async def flood(port: int) -> tuple[int, str]:
 
 
 async def main(cases: str, wstest: Path, outdir: Path) -> int:
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(make_app(), stop, ready.set_result))
-    port = await asyncio.wait_for(ready, 10)
-    spec = {"outdir": str(outdir), "cases": case_patterns(cases), "exclude-cases": [],
-            "exclude-agent-cases": {},
-            "servers": [{"agent": "labserver", "url": f"ws://127.0.0.1:{port}/echo"}]}
-    spec_path = outdir / "fuzzingclient.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    started = time.monotonic()
-    wstest_run = await asyncio.create_subprocess_exec(
-        str(wstest), "-m", "fuzzingclient", "-s", str(spec_path), cwd=outdir,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, stderr = await wstest_run.communicate()
-    seconds = time.monotonic() - started
-    flood_code, flood_reason = await flood(port)
-    stop.set()
-    await server
+    async with serving(make_app()) as port:
+        spec = {"outdir": str(outdir), "cases": case_patterns(cases), "exclude-cases": [],
+                "exclude-agent-cases": {},
+                "servers": [{"agent": "labserver", "url": f"ws://127.0.0.1:{port}/echo"}]}
+        spec_path = outdir / "fuzzingclient.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        started = time.monotonic()
+        wstest_run = await asyncio.create_subprocess_exec(
+            str(wstest), "-m", "fuzzingclient", "-s", str(spec_path), cwd=outdir,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        _, stderr = await wstest_run.communicate()
+        seconds = time.monotonic() - started
+        flood_code, flood_reason = await flood(port)
     if wstest_run.returncode != 0:
         print(stderr.decode(errors="replace")[-3000:], file=sys.stderr)
         print(f"wstest exited with {wstest_run.returncode}", file=sys.stderr)

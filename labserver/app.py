@@ -21,7 +21,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -305,3 +305,31 @@ async def serve(
     finally:
         server.close()  # no new connection; the runner closes the open ones
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, ready_timeout_s: float = 10.0) -> AsyncIterator[int]:
+    """``async with serving(create_app()) as port:`` — :func:`serve` on this event loop until
+    the block ends, then stopped (its connections closed).
+
+    For code that needs the app's own state beside real sockets (tests, the Autobahn run,
+    ``app[COUNTERS]``); the URL is ``app[LISTENING].url``. A lesson starts its server with
+    ``labserver.start()`` instead: in a child process, so that its clients do not share the
+    server's event loop and interpreter lock. Raises what :func:`serve` raised if the app never
+    listened (a port in use), ``TimeoutError`` after ``ready_timeout_s``.
+    """
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    server = asyncio.create_task(serve(app, stop, ready.set_result))
+    try:
+        await asyncio.wait([ready, server], timeout=ready_timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            if server.done():
+                server.result()  # serve's own error
+            raise TimeoutError(f"the app did not listen within {ready_timeout_s} s")
+        yield ready.result()
+    finally:
+        stop.set()
+        if not server.done():
+            await asyncio.wait_for(server, SHUTDOWN_TIMEOUT_S + 5)

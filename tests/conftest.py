@@ -6,12 +6,11 @@ fail under ``CI=true``: CI must run them.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 import labserver
 import labserver.process
+from labserver.app import serving  # noqa: F401 (tests call conftest.serving)
 from labserver.browser import chromium_sync, find_chromium  # one home for launching Chromium
 from labserver.children import answers, free_port, terminate, wait_until
 
@@ -66,24 +66,6 @@ async def timed_publishes(srv: labserver.Server, events: int, payload: Any) -> l
                 assert resp.status == 200
             publish_s.append(time.perf_counter() - started)
     return publish_s
-
-
-@contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[int]:
-    """``async with serving(create_app()) as port:`` — the real ``serve()`` in this process (real
-    sockets, byte counting), so that a test can look at the app's state; stopped after."""
-    import asyncio
-
-    from labserver.app import serve
-
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    server = asyncio.create_task(serve(app, stop, ready.set_result))
-    try:
-        yield await asyncio.wait_for(ready, 5)
-    finally:
-        stop.set()
-        await asyncio.wait_for(server, 5)
 
 
 @pytest.fixture

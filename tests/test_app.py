@@ -193,3 +193,28 @@ def test_the_fast_tier_is_on_here_and_off_in_the_fast_off_copy(request: pytest.F
     from labserver.keys import FAST
 
     assert labserver.create_app()[FAST] is not conftest.in_fast_off(request.node)
+
+
+async def test_serving_serves_until_the_block_ends_and_raises_what_serve_raised() -> None:
+    """``labserver.app.serving``: the app answers on the port it yields, the port is free once
+    the block ends, and a port in use is serve()'s own OSError, not a timeout."""
+    import socket
+
+    import aiohttp
+
+    from labserver.app import create_app, serving
+    from labserver.keys import LISTENING
+
+    app = create_app()
+    async with serving(app) as port, aiohttp.ClientSession() as session:
+        assert app[LISTENING].url == f"http://127.0.0.1:{port}"
+        async with session.get(app[LISTENING].url + "/stats") as response:
+            assert response.status == 200
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nobody listens there any more
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError):
+            async with serving(create_app(port=taken.getsockname()[1])):
+                pass
