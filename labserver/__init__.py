@@ -10,8 +10,10 @@ Modules, one concern each. Transports: ``polling`` (short and long polling), ``s
 (Server-Sent Events), ``ws`` (WebSocket) with ``wsprotocol`` (RFC 6455's states, sans I/O)
 and ``wsframes`` (its frames by hand), ``socketio`` (Socket.IO), ``chat`` (rooms and shared
 sessions). Shared pieces: ``events`` (the event log and its cursors — read its docstring
-first), ``counters`` (requests, events, bytes at the socket), ``app`` (the factory),
-``options``, ``errors``, ``keys``, ``whoami`` (the client's address and proxies), ``process``
+first), ``transports`` (what each transport declares of itself: routes, counters, streaming,
+``/drop``), ``counters`` (requests, events, bytes at the socket), ``app`` (the factory),
+``options``, ``errors``, ``params`` (query parameters and JSON bodies), ``keys``, ``whoami``
+(the client's address, proxies and the origin check), ``process``
 (the handle), ``cluster`` (scale-out on Redis), ``nginx`` (a real nginx in front of the
 nodes), ``measure`` and ``clients`` (what the lessons measure with), ``production`` (08's
 drivers: idle streams, nginx's logs, pages in Chromium) and ``screenshot`` (a demo page's

@@ -2,8 +2,10 @@
 
 :func:`create_app` builds the shared pieces — the options, the event log, the counters, the
 registry of open connections — stores them under typed app keys (the chapter's
-``app.set('io', io)``), and lets each transport module add its routes. The routes that are
-no transport live here:
+``app.set('io', io)``), and calls each transport module's ``setup``, which declares the
+transport — its routes, its counters, whether it streams, whether ``/drop`` applies
+(:mod:`labserver.transports`) — so that ``/stats``, ``/drop`` and the counters list none.
+The routes that are no transport live here:
 
 * ``POST /publish`` — the chapter's 12.7.4 pattern: an HTTP route does the work (logs the
   event), then every transport notifies its clients.
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -32,8 +33,10 @@ from . import _fast, chat, polling, socketio, sse, whoami, ws
 from .counters import ConnectionFactory, Counters, counting_middleware
 from .errors import bad_request, json_error, json_errors
 from .events import LogUnavailable, MemoryLog
-from .keys import CONNECTIONS, COUNTERS, FAST, LISTENING, LOG, OPTIONS, Listening
+from .keys import CONNECTIONS, COUNTERS, FAST, LISTENING, LOG, OPTIONS, TRANSPORTS, Listening
 from .options import Options
+from .params import read_json_object
+from .transports import Transports
 
 log = logging.getLogger("labserver")
 
@@ -76,9 +79,6 @@ class Connections:
         return len(closers)
 
 
-DROPPABLE = ("sse", "ws", "socketio", "all")
-
-
 def create_app(**options: Any) -> web.Application:
     """The whole server as an aiohttp ``Application``; see ``Options`` for the options."""
     opts = options.pop("_options", None) or Options.from_kwargs(**options)
@@ -95,6 +95,7 @@ def create_app(**options: Any) -> web.Application:
     else:
         app[LOG] = MemoryLog(opts.log_size, opts.queue_size)
     app[COUNTERS] = Counters()
+    app[TRANSPORTS] = Transports()
     app[CONNECTIONS] = Connections()
     app[LISTENING] = Listening()
     app[FAST] = fast_tier(opts.fast)
@@ -103,11 +104,13 @@ def create_app(**options: Any) -> web.Application:
     app.router.add_post("/publish", publish)
     app.router.add_get("/stats", stats)
     app.router.add_post("/drop", drop)
+    # Each transport registers itself (labserver.transports), one line each, in the order
+    # /stats lists them: the chapter's, from polling to Socket.IO.
     polling.setup(app)
-    socketio.setup(app)
-    chat.setup(app)  # after socketio: /chat is a namespace of its server
     sse.setup(app)
     ws.setup(app)
+    socketio.setup(app)
+    chat.setup(app)  # after socketio: /chat is a namespace of its server
     whoami.setup(app)  # 12.2 reads the client's address where it accepts the socket
     app.router.add_get(r"/{name:[A-Za-z0-9_-]+\.(?:html|js|css|svg)}", static_file)
 
@@ -149,17 +152,6 @@ def check_token(request: web.Request) -> web.Response | None:
     )
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    body = await request.read()  # raises 413 past max_message_bytes
-    try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad_request("body must be valid JSON") from None
-    if not isinstance(value, dict):
-        raise bad_request("body must be a JSON object")
-    return value
-
-
 async def publish(request: web.Request) -> web.Response:
     """``{"data": <any JSON>}`` → one event to every transport; answers ``{"id": N}``."""
     if (denied := check_token(request)) is not None:
@@ -196,13 +188,15 @@ async def stats(request: web.Request) -> web.Response:
 
 
 async def drop(request: web.Request) -> web.Response:
-    """``{"transport": "sse" | "ws" | "socketio" | "all"}`` → ``{"dropped": n}``."""
+    """``{"transport": "sse" | "ws" | "socketio" | "all"}`` → ``{"dropped": n}``: the
+    transports declared ``droppable``, or all of them."""
     if (denied := check_token(request)) is not None:
         return denied
     body = await read_json_object(request)
     transport = body.get("transport")
-    if set(body) != {"transport"} or transport not in DROPPABLE:
-        raise bad_request(f"body must be {{\"transport\": one of {', '.join(DROPPABLE)}}}")
+    droppable = request.app[TRANSPORTS].droppable  # as the transports declared themselves
+    if set(body) != {"transport"} or transport not in droppable:
+        raise bad_request(f"body must be {{\"transport\": one of {', '.join(droppable)}}}")
     dropped = await request.app[CONNECTIONS].drop(transport)
     return web.json_response({"dropped": dropped})
 
@@ -291,7 +285,7 @@ async def serve(
     )
     await runner.setup()
     assert runner.server is not None
-    factory = ConnectionFactory(runner.server, app[COUNTERS], keep_received=app[FAST])
+    factory = ConnectionFactory(runner.server, keep_received=app[FAST])
     server = await asyncio.get_running_loop().create_server(factory, opts.host, opts.port,
                                                             reuse_address=True)
     try:

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-import json
 import re
 import secrets
 import time
@@ -69,6 +68,7 @@ from socketio.packet import Packet
 
 from .errors import bad_request, json_error
 from .keys import LISTENING, OPTIONS, SIO
+from .params import read_json_object
 
 #: The session cookie (the chapter's ``connect.sid``).
 SESSION_COOKIE = "labserver_session"
@@ -440,11 +440,8 @@ async def post_message(request: web.Request) -> web.Response:
     identity = identity_of(await request.app[SESSIONS].load_session(request))
     if identity is None:
         return json_error(401, NO_SESSION)
-    try:
-        body = json.loads(await request.read())  # 413 past max_message_bytes
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise bad_request("body must be valid JSON") from None
-    if not isinstance(body, dict) or set(body) != {"text"}:
+    body = await read_json_object(request, shape='{"text": T}')  # 413 past max_message_bytes
+    if set(body) != {"text"}:
         raise bad_request('body must be {"text": T}')
     if (reason := check_text(body["text"])) is not None:
         raise bad_request(reason)

@@ -3,11 +3,12 @@
 A lesson compares transports by what they cost on the wire, so bytes are counted where they
 cross the socket, headers, handshakes, chunk-size lines and frame headers included — not by
 adding up payload lengths. Each HTTP request says which transport it belongs to (``/poll`` →
-``poll``, ``/ws`` → ``ws`` …; :func:`counting_middleware`); the bytes of a connection are
+``poll``, ``/ws`` → ``ws`` …, as each transport declared its routes:
+:mod:`labserver.transports`; :func:`counting_middleware`); the bytes of a connection are
 charged to the transport of the request it is serving, by a protocol in front of aiohttp's
 own (:class:`CountingConnection`: every byte read, every byte handed to ``write``; public
-APIs only). Bytes of routes that are no
-transport (``/``, ``/stats``, ``/publish``) are not charged to any. A connection taken from
+APIs only). Bytes of routes that are no transport (``/``, ``/stats``, ``/publish``) are not
+charged to any. A connection taken from
 aiohttp after its first request (a WebSocket, kept-alive long polls) counts its own bytes
 from then on, the same way: every byte read, every byte handed to ``write``.
 
@@ -17,7 +18,7 @@ counters of one experiment with :func:`stats_diff` (``after - before``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,21 +26,6 @@ from typing import Any
 from aiohttp import web
 
 from .keys import COUNTERS
-
-TRANSPORTS = ("poll", "long_poll", "sse", "ws", "socketio")
-
-#: Transports whose connections are never taken over for long polling (their copy of what
-#: they received is dropped: :class:`CountingConnection`).
-STREAMING = frozenset(("sse", "ws", "socketio"))
-
-#: Route path → transport: the counting middleware looks the request's route up in it.
-TRANSPORT_OF_ROUTE: dict[str, str] = {
-    "/poll": "poll",
-    "/long-poll": "long_poll",
-    "/sse": "sse",
-    "/ws": "ws",
-    "/socket.io/": "socketio",
-}
 
 
 @dataclass(slots=True)
@@ -63,11 +49,35 @@ def open_gauge(counters: TransportCounters) -> Iterator[None]:
         counters.open -= 1
 
 
+class Counted:
+    """What a request of a counted route is charged to: its transport's counters, and whether
+    the transport streams (its connection is then never taken over for long polling, and its
+    copy of what it received is dropped: :class:`CountingConnection`)."""
+
+    __slots__ = ("counters", "streaming")
+
+    def __init__(self, counters: TransportCounters, streaming: bool) -> None:
+        self.counters = counters
+        self.streaming = streaming
+
+
 class Counters:
-    """One :class:`TransportCounters` per transport."""
+    """One :class:`TransportCounters` per transport, in the order the transports registered
+    (:func:`labserver.transports.register`: the order of ``/stats``), and the transport each
+    counted route belongs to (:attr:`of_route`, the counting middleware's one lookup)."""
 
     def __init__(self) -> None:
-        self.transports = {name: TransportCounters() for name in TRANSPORTS}
+        self.transports: dict[str, TransportCounters] = {}
+        #: Route (aiohttp's canonical path, ``/long-poll``) → what its requests are charged to.
+        self.of_route: dict[str, Counted] = {}
+
+    def add(self, transport: str, routes: Iterable[str], streaming: bool) -> TransportCounters:
+        """Counters for a new transport, charged with the requests of ``routes``."""
+        counters = self.transports[transport] = TransportCounters()
+        counted = Counted(counters, streaming)
+        for path in routes:
+            self.of_route[path] = counted
+        return counters
 
     def __getitem__(self, transport: str) -> TransportCounters:
         return self.transports[transport]
@@ -94,23 +104,23 @@ def stats_diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return sub(before, after)
 
 
-def transport_of(request: web.Request) -> str | None:
-    route = request.match_info.route
-    resource = route.resource
+def counted_of(request: web.Request) -> Counted | None:
+    """What the request's route is charged to; ``None`` for a route that is no transport."""
+    resource = request.match_info.route.resource
     if resource is None:
         return None
-    return TRANSPORT_OF_ROUTE.get(resource.canonical)
+    return request.app[COUNTERS].of_route.get(resource.canonical)
 
 
 @web.middleware
 async def counting_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """Counts the request for its transport and tells the connection whom to charge bytes to."""
-    transport = transport_of(request)
+    counted = counted_of(request)
     connection = connection_of(request)  # None outside serve(): nothing counts bytes then
     if connection is not None:
-        connection.charge_to(transport)
-    if transport is not None:
-        request.app[COUNTERS][transport].requests += 1
+        connection.charge_to(counted)
+    if counted is not None:
+        counted.counters.requests += 1
     try:
         return await handler(request)
     finally:
@@ -209,15 +219,19 @@ class CountingConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.inner.resume_writing()
 
-    def charge_to(self, transport: str | None) -> None:
-        """Called at the start of a request: its bytes belong to ``transport`` (or none)."""
-        self.charged = self.factory.counters[transport] if transport is not None else None
-        self.in_request = transport is not None
+    def charge_to(self, counted: Counted | None) -> None:
+        """Called at the start of a request: its bytes belong to ``counted``'s transport (or
+        to none)."""
         self.handled += 1
-        if transport in STREAMING:
-            self.received = None
-        if self.charged is not None:
-            self.charged.bytes_in += self.pending_in
+        if counted is None:
+            self.charged = None
+            self.in_request = False
+        else:
+            self.charged = counted.counters
+            self.in_request = True
+            if counted.streaming:
+                self.received = None
+            counted.counters.bytes_in += self.pending_in
         self.pending_in = 0
 
     def request_done(self) -> None:
@@ -227,13 +241,12 @@ class CountingConnection(asyncio.Protocol):
 
 class ConnectionFactory:
     """Makes a :class:`CountingConnection` per TCP connection, in front of aiohttp's server:
-    ``loop.create_server(ConnectionFactory(runner.server, counters), host, port)``."""
+    ``loop.create_server(ConnectionFactory(runner.server, keep_received), host, port)``."""
 
-    __slots__ = ("server", "counters", "keep_received")
+    __slots__ = ("server", "keep_received")
 
-    def __init__(self, server: web.Server, counters: Counters, keep_received: bool) -> None:
+    def __init__(self, server: web.Server, keep_received: bool) -> None:
         self.server = server
-        self.counters = counters
         self.keep_received = keep_received
 
     def __call__(self) -> CountingConnection:

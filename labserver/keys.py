@@ -18,10 +18,13 @@ if TYPE_CHECKING:
     from .events import EventLog
     from .options import Options
     from .socketio import LabAsyncServer
+    from .transports import Transports
 
 OPTIONS: web.AppKey[Options] = web.AppKey("options")
 LOG: web.AppKey[EventLog] = web.AppKey("log")
 COUNTERS: web.AppKey[Counters] = web.AppKey("counters")
+#: What each transport declared (:func:`labserver.transports.register`).
+TRANSPORTS: web.AppKey[Transports] = web.AppKey("transports")
 CONNECTIONS: web.AppKey[Connections] = web.AppKey("connections")
 #: The Socket.IO server (``request.app[SIO].emit(...)``): the chapter's ``req.app.get('io')``.
 SIO: web.AppKey[LabAsyncServer] = web.AppKey("sio")

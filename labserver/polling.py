@@ -21,25 +21,13 @@ from aiohttp import web
 from ._fast.keepalive import setup as setup_keepalive
 from ._fast.keepalive import taking_over
 from .counters import open_gauge
-from .errors import bad_request, cursor, query_seconds
 from .events import Page
 from .keys import COUNTERS, FAST, LOG
-from .options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
+from .params import parse_after, parse_timeout_s
+from .transports import Transport, register
 
-
-def parse_after(request: web.Request) -> int:
-    """The client's cursor: ``after`` must be a non-negative integer (default 0)."""
-    after = cursor(request.query.get("after", "0"))
-    if after is None:
-        raise bad_request("after must be a non-negative integer")
-    return after
-
-
-def parse_timeout_s(request: web.Request) -> float:
-    """How long a long poll may be held: 0 … LONG_POLL_MAX_S seconds (default 25)."""
-    timeout_s = query_seconds(request, "timeout", 0, LONG_POLL_MAX_S, LONG_POLL_DEFAULT_S)
-    assert timeout_s is not None
-    return timeout_s
+#: The names of their counters in ``/stats``.
+POLL, LONG_POLL = "poll", "long_poll"
 
 
 def page_response(request: web.Request, transport: str, page: Page) -> web.Response:
@@ -58,22 +46,22 @@ def page_response(request: web.Request, transport: str, page: Page) -> web.Respo
 async def poll(request: web.Request) -> web.Response:
     """Short polling: answer at once with what is newer than ``after``."""
     after = parse_after(request)
-    return page_response(request, "poll", request.app[LOG].read(after))
+    return page_response(request, POLL, request.app[LOG].read(after))
 
 
 async def long_poll(request: web.Request) -> web.Response:
     """Long polling: hold the request until there is something newer than ``after``."""
     after = parse_after(request)
     timeout_s = parse_timeout_s(request)
-    with open_gauge(request.app[COUNTERS]["long_poll"]):  # a held request is an open one
+    with open_gauge(request.app[COUNTERS][LONG_POLL]):  # a held request is an open one
         page = await request.app[LOG].wait(after, timeout_s)
-    return page_response(request, "long_poll", page)
+    return page_response(request, LONG_POLL, page)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/poll", poll)
-    if app[FAST]:  # a kept-alive connection's next long polls are served off aiohttp
-        app.router.add_get("/long-poll", taking_over(long_poll))
+    register(app, Transport(name=POLL, routes=[web.get("/poll", poll)]))
+    # With the fast tier, a kept-alive connection's next long polls are served off aiohttp.
+    handler = taking_over(long_poll) if app[FAST] else long_poll
+    register(app, Transport(name=LONG_POLL, routes=[web.get("/long-poll", handler)]))
+    if app[FAST]:
         setup_keepalive(app)
-    else:
-        app.router.add_get("/long-poll", long_poll)

@@ -65,10 +65,14 @@ from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS, SIO
+from .transports import Transport, register
 from .whoami import origin_allowed
 from .wsframes import TEXT, frame
 
 log = logging.getLogger("labserver.socketio")
+
+#: The name of its counters in ``/stats``, and of its connections for ``POST /drop``.
+TRANSPORT = "socketio"
 #: python-socketio and python-engineio log every packet at INFO; keep only their warnings.
 protocol_log = logging.getLogger("labserver.socketio.protocol")
 protocol_log.setLevel(logging.WARNING)
@@ -138,13 +142,13 @@ class LabAsyncServer(fast_socketio.EngineIOHooks):
 
     @property
     def counters(self) -> TransportCounters:
-        return self.app[COUNTERS]["socketio"]
+        return self.app[COUNTERS][TRANSPORT]
 
     def engineio_connected(self, eio_sid: str) -> None:
         async def close() -> None:
             await self.drop_connection(eio_sid, "dropped by POST /drop")
 
-        self.tracked[eio_sid] = self.app[CONNECTIONS].add("socketio", close)
+        self.tracked[eio_sid] = self.app[CONNECTIONS].add(TRANSPORT, close)
         self.counters.open += 1
 
     def engineio_disconnecting(self, eio_sid: str, reason: Any) -> None:
@@ -158,7 +162,7 @@ class LabAsyncServer(fast_socketio.EngineIOHooks):
     def engineio_disconnected(self, eio_sid: str) -> None:
         key = self.tracked.pop(eio_sid, None)
         if key is not None:
-            self.app[CONNECTIONS].discard("socketio", key)
+            self.app[CONNECTIONS].discard(TRANSPORT, key)
             self.counters.open -= 1
 
     async def unparsable(self, eio_sid: str, exc: Exception) -> None:
@@ -431,9 +435,15 @@ def setup(app: web.Application) -> None:
     app[FAN_OUT] = NewsFanOut(sio, app[LOG], app[OPTIONS].queue_size)
     sio.register_namespace(NewsNamespace(app[FAN_OUT]))
     app[CLIENT_JS] = client_file(CLIENT_SCRIPT)
-    app.router.add_get(f"/{SOCKETIO_PATH}/socket.io.js", client_script)
+    app.router.add_get(f"/{SOCKETIO_PATH}/socket.io.js", client_script)  # no traffic of it
     # What ``sio.attach(app)`` does, with the origin rule in front.
     endpoint = f"/{SOCKETIO_PATH}/"
-    for method in (hdrs.METH_GET, hdrs.METH_POST, hdrs.METH_OPTIONS):
-        app.router.add_route(method, endpoint, engineio_endpoint)
+    register(app, Transport(
+        name=TRANSPORT,
+        routes=[web.get(endpoint, engineio_endpoint, allow_head=False),
+                web.post(endpoint, engineio_endpoint),
+                web.route(hdrs.METH_OPTIONS, endpoint, engineio_endpoint)],
+        streaming=True,  # polling requests too: a session's connection is never a long poll's
+        droppable=True,
+    ))
     app.cleanup_ctx.append(fan_out_ctx)

@@ -60,12 +60,17 @@ from aiohttp import web
 
 from ._fast.fanout import stream_writer
 from .counters import TransportCounters, open_gauge
-from .errors import bad_request, cursor
+from .errors import bad_request
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
 from .options import Options
+from .params import cursor
+from .transports import Transport, register
 
 log = logging.getLogger("labserver.sse")
+
+#: The name of its counters in ``/stats``, and of its connections for ``POST /drop``.
+TRANSPORT = "sse"
 
 #: The event type of every published event: a browser listens with
 #: ``source.addEventListener("news", ...)`` (the chapter's Socket.IO ``emit('news', ...)``).
@@ -205,7 +210,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
     """``GET /sse``: one ``text/event-stream`` response for as long as the client stays."""
     app = request.app
     last_event_id = parse_last_event_id(request)  # a bad id is a 400 JSON answer, not a stream
-    counters = app[COUNTERS]["sse"]
+    counters = app[COUNTERS][TRANSPORT]
     transport = request.transport
     assert transport is not None
     response = web.StreamResponse(headers=STREAM_HEADERS)
@@ -224,7 +229,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
     with (
         open_gauge(counters),
         app[LOG].subscribe() as sub,  # subscribe first, then the stream reads the log
-        app[CONNECTIONS].track("sse", drop),
+        app[CONNECTIONS].track(TRANSPORT, drop),
     ):
         tasks: list[asyncio.Task[object]] = []
         try:
@@ -272,4 +277,9 @@ async def end_stream(response: web.StreamResponse, transport: asyncio.Transport)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get("/sse", sse, allow_head=False)  # HEAD would hold a stream with no body
+    register(app, Transport(
+        name=TRANSPORT,
+        routes=[web.get("/sse", sse, allow_head=False)],  # HEAD would hold a stream, no body
+        streaming=True,
+        droppable=True,  # POST /drop ends the stream: the browser reconnects and resumes
+    ))

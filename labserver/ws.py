@@ -59,10 +59,11 @@ from aiohttp import WSMsgType, hdrs, web
 from . import wsframes
 from ._fast.takeover import holds_more, take_over
 from .counters import TransportCounters, open_gauge
-from .errors import bad_request, json_error, query_seconds
+from .errors import bad_request, json_error
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
-from .polling import parse_after
+from .params import parse_after, query_seconds
+from .transports import Transport, register
 from .whoami import client_address, origin_allowed
 from .wsframes import (
     GOING_AWAY,
@@ -76,6 +77,9 @@ from .wsprotocol import CLOSED, Message, ServerProtocol
 from .wsprotocol import OPEN as OPEN_STATE
 
 log = logging.getLogger("labserver.ws")
+
+#: The name of its counters in ``/stats``, and of its connections for ``POST /drop``.
+TRANSPORT = "ws"
 
 #: How long a close handshake may take: a client answers a Close frame in milliseconds; one
 #: that does not within a second is not reading, and ``stop()`` must finish within about one.
@@ -182,7 +186,7 @@ class WebSocketConnection(asyncio.Protocol):
     def __init__(self, app: web.Application, address: str, handshake: bytes,
                  protocol: ServerProtocol, handler: Handler) -> None:
         self.app = app
-        self.counters: TransportCounters = app[COUNTERS]["ws"]
+        self.counters: TransportCounters = app[COUNTERS][TRANSPORT]
         self.address = address
         self.handshake = handshake
         self.protocol = protocol
@@ -204,7 +208,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.handshake = b""
         self.counters.open += 1
         self.app[OPEN].add(self)
-        self.connection_key = self.app[CONNECTIONS].add("ws", self.drop)
+        self.connection_key = self.app[CONNECTIONS].add(TRANSPORT, self.drop)
         log.info("ws client connected %s", self.address)
         self.open = True
         self.handler.on_open(self)
@@ -316,7 +320,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.stop()
         self.counters.open -= 1
         self.app[OPEN].discard(self)
-        self.app[CONNECTIONS].discard("ws", self.connection_key)
+        self.app[CONNECTIONS].discard(TRANSPORT, self.connection_key)
         self.connection_key = 0
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(None)
@@ -462,7 +466,7 @@ async def websocket_by_aiohttp(request: web.Request, after: int | None,
     """``/ws`` on aiohttp's own ``WebSocketResponse``, when the fast tier is off: the same
     messages and close codes as :class:`LabSocket`, a task per direction instead of a shell."""
     app = request.app
-    opts, counters, event_log = app[OPTIONS], app[COUNTERS]["ws"], app[LOG]
+    opts, counters, event_log = app[OPTIONS], app[COUNTERS][TRANSPORT], app[LOG]
     ws = web.WebSocketResponse(heartbeat=opts.heartbeat_s, max_msg_size=opts.max_message_bytes)
     if not ws.can_prepare(request).ok:
         return not_an_upgrade(request)
@@ -507,7 +511,7 @@ async def websocket_by_aiohttp(request: web.Request, after: int | None,
 
     log.info("ws client connected %s", address)
     with (open_gauge(counters), event_log.subscribe() as sub,
-          app[CONNECTIONS].track("ws", drop)):
+          app[CONNECTIONS].track(TRANSPORT, drop)):
         tasks = [asyncio.create_task(send_events(sub)),
                  asyncio.create_task(drop_when_behind(sub))]
         if every_s is not None:
@@ -574,5 +578,6 @@ def parse_every_s(request: web.Request) -> float | None:
 
 def setup(app: web.Application) -> None:
     app[OPEN] = set()
-    app.router.add_get("/ws", websocket)
+    register(app, Transport(name=TRANSPORT, routes=[web.get("/ws", websocket)],
+                            streaming=True, droppable=True))
     app.cleanup_ctx.append(heartbeat)

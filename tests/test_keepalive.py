@@ -26,7 +26,7 @@ from labserver._fast.takeover import HeadLimits, parse_head
 def parse_long_poll(head: bytes) -> tuple[int, float] | None:
     """What the light path makes of one head (without its blank line)."""
     parsed = parse_head(head + b"\r\n\r\n", HeadLimits())
-    return served_here(parsed[0]) if parsed is not None and parsed[1] == 0 else None
+    return served_here(parsed[0], "/long-poll") if parsed is not None and parsed[1] == 0 else None
 
 
 class Http:

@@ -34,8 +34,10 @@ route's handler (:func:`labserver.polling.long_poll`, which knows nothing of it)
   differently, except that this path sends no ``Server`` header (``tests/test_differential.py``
   checks it, byte for byte).
 
-The counters are those of ``/long-poll``: a request, bytes in and out at the socket, the
-events delivered, empty answers, and the ``open`` gauge while a request is held.
+The route and the counters are those the long poll declared (:mod:`labserver.transports`),
+taken from the first request aiohttp routed: only requests for that route are served here, and
+they count as its requests, bytes in and out at the socket, events delivered, empty answers,
+and the ``open`` gauge while a request is held.
 """
 
 from __future__ import annotations
@@ -52,10 +54,10 @@ from aiohttp.http import HttpVersion11, RawRequestMessage
 from multidict import MultiMapping
 
 from ..counters import ConnectionFactory, TransportCounters, connection_of
-from ..errors import cursor, seconds_between
 from ..events import EventLog, Page
-from ..keys import COUNTERS, LOG
+from ..keys import LOG
 from ..options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
+from ..params import cursor, seconds_between
 from .takeover import (
     HeadLimits,
     can_take_over,
@@ -94,25 +96,26 @@ def long_poll_params(query: MultiMapping[str]) -> tuple[int, float] | None:
     return after, timeout_s
 
 
-def served_here(message: RawRequestMessage) -> tuple[int, float] | None:
+def served_here(message: RawRequestMessage, path: str) -> tuple[int, float] | None:
     """The long poll's parameters if aiohttp would answer ``message`` (parsed by its own
-    parser) with the long poll's page and keep the connection; otherwise ``None``."""
+    parser) with the long poll's page, the route at ``path``, and keep the connection;
+    otherwise ``None``."""
     url = message.url
     if (message.method != "GET" or message.version != HttpVersion11 or message.should_close
-            or message.upgrade or url.absolute or url.raw_path != "/long-poll"
+            or message.upgrade or url.absolute or url.raw_path != path
             or hdrs.EXPECT in message.headers):
         return None
     return long_poll_params(url.query)
 
 
 @functools.lru_cache(maxsize=1024)
-def long_poll_of(head: bytes, limits: HeadLimits) -> tuple[int, float] | None:
+def long_poll_of(head: bytes, limits: HeadLimits, path: str) -> tuple[int, float] | None:
     """:func:`served_here` of ``head`` as aiohttp's parser reads it (with no body after it);
     ``None`` when it is not served here. Kept for the next connection that sends the same
     bytes: the answer depends on them alone, and the clients that one event wakes ask again
     with the same head (a cache-busting ``_=`` parameter makes each head new: one parse each)."""
     parsed = parse_head(head, limits)
-    return served_here(parsed[0]) if parsed is not None and parsed[1] == 0 else None
+    return served_here(parsed[0], path) if parsed is not None and parsed[1] == 0 else None
 
 
 def taking_over(handler: Handler) -> Handler:
@@ -129,7 +132,13 @@ def taking_over(handler: Handler) -> Handler:
             if unread is not None:
                 counting = connection_of(request)
                 assert counting is not None  # can_take_over
+                # The route and the counters are those the transport declared: the request's
+                # route, and the counters the counting middleware charged it to.
+                resource = request.match_info.route.resource
+                assert resource is not None and counting.charged is not None
                 connection = LongPollConnection(request.app, counting.factory, *params,
+                                                path=resource.canonical,
+                                                counters=counting.charged,
                                                 unread=unread,
                                                 limits=HeadLimits.of(request.protocol))
                 await take_over(request, connection)
@@ -147,16 +156,18 @@ class LongPollConnection(asyncio.Protocol):
     stops).
     """
 
-    __slots__ = ("app", "factory", "log", "counters", "limits", "transport", "buffer", "after",
-                 "timer", "holding", "first", "active", "writing_paused", "give_back_at")
+    __slots__ = ("app", "factory", "log", "path", "counters", "limits", "transport", "buffer",
+                 "after", "timer", "holding", "first", "active", "writing_paused",
+                 "give_back_at")
 
     def __init__(self, app: web.Application, factory: ConnectionFactory, after: int,
-                 timeout_s: float,
+                 timeout_s: float, *, path: str, counters: TransportCounters,
                  unread: bytes = b"", limits: HeadLimits = DEFAULT_LIMITS) -> None:
         self.app = app
         self.factory = factory  # makes aiohttp's connections: for hand_back
         self.log: EventLog = app[LOG]
-        self.counters: TransportCounters = app[COUNTERS]["long_poll"]
+        self.path = path  # the long poll's route: the requests served here are its
+        self.counters = counters
         self.limits = limits  # those of the aiohttp connection it came from
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray(unread)  # what aiohttp had read past the first request
@@ -222,7 +233,7 @@ class LongPollConnection(asyncio.Protocol):
             end = head_end(self.buffer)
             if end < 0 and len(self.buffer) <= MAX_HEAD_BYTES:
                 break  # the rest of the head is on its way
-            request = long_poll_of(bytes(self.buffer[:end]), self.limits) if (
+            request = long_poll_of(bytes(self.buffer[:end]), self.limits, self.path) if (
                 0 <= end <= MAX_HEAD_BYTES) else None
             if request is None:
                 self.give_back()
