@@ -24,7 +24,8 @@ event's sequence number with one regular expression. It prints its own CPU use: 
 What is measured, per transport (long polling, SSE, WebSocket, Socket.IO over WebSocket), per
 N clients and R events/s:
 
-* **latency** p50/p99/max: from the moment the publisher writes the publish request to the
+* **latency** p50/p99/max (p50 and p99 as the lessons compute them,
+  ``labserver.measure.percentile``): from the moment the publisher writes the publish request to the
   moment the event's bytes reach the client's socket — the kernel's receive timestamp
   (``SO_TIMESTAMPNS``, :class:`StampedTransport`), on the same clock as the publish time, in
   one process. Taken at the read instead, a thousand clients' latency would be mostly this
@@ -70,6 +71,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labserver.measure import percentile
 
 HERE = Path(__file__).resolve().parent
 NODE_DIR = HERE / "node"
@@ -569,14 +572,6 @@ class Result:
     rss_kib: float = float("nan")  # RSS per idle connection
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
 class Bench:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
@@ -681,8 +676,11 @@ class Bench:
         moved = sum(c.bytes_in + c.bytes_out for c in self.clients) - bytes0
         lat = run.latencies
         delivered = max(run.deliveries, 1)
+        def ms(q: float) -> float:  # labserver.measure.percentile: the lessons' statistic
+            return percentile(lat, q) * 1e3 if lat else float("nan")
+
         return Result(
-            p50_ms=percentile(lat, 50) * 1e3, p99_ms=percentile(lat, 99) * 1e3,
+            p50_ms=ms(50), p99_ms=ms(99),
             max_ms=max(lat) * 1e3 if lat else float("nan"),
             lost=want - run.deliveries, deliveries=run.deliveries,
             cpu_us=cpu / 1e3 / delivered, gen_cpu=gen / wall, bytes_per=moved / delivered,

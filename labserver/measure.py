@@ -86,7 +86,16 @@ class Deliveries:
 
 
 def percentile(values: Sequence[float], p: float) -> float:
-    """The ``p``-th percentile (0–100), linear between closest ranks (NumPy's default)."""
+    """The ``p``-th percentile (0–100) of ``values``, linear between the two closest ranks.
+
+    labserver's one percentile: the lessons' claims and the benchmarks' tables
+    (``benchmarks/bench.py``) use it alike, so a lesson's p99 and the README's are the same
+    statistic. Linear interpolation rather than the nearest rank because it is NumPy's default
+    (``numpy.percentile(values, p)``; also R's, Hyndman and Fan's type 7): a learner can check
+    any printed number with NumPy, and the 50th is the median ``statistics.median`` gives.
+    The two differ by less than the gap between two neighbouring samples, which is small where
+    a p99 may be quoted at all (1000 samples or more).
+    """
     if not values:
         raise ValueError("no values")
     ordered = sorted(values)
