@@ -11,15 +11,18 @@ Read first: the clients, one per transport — :func:`short_poll`, :func:`long_p
 :func:`sse`, :func:`ws` (aiohttp) and :func:`socketio_websocket`, :func:`socketio_polling`
 (python-socketio's ``AsyncClient``), and :func:`socketio_by_hand`, the same Socket.IO packets
 read on aiohttp's WebSocket without the library. Each is the loop a learner would write, and
-each does the same three things with the :class:`Job` the driver gives it: connect and say so
-(``job.connected.set()``), record every event it receives (``job.record(event)``), and once it
-has them all, keep its connection open until the driver lets go (``await job.finished()``), so
-that the counters are read before anything closes. Every client starts from the same cursor
-(``job.after``: the last event id before the experiment), so none can miss an event, whichever
-connects last.
+each does the same three things with the :class:`~labserver.measure.ClientRun` the driver
+gives it: connect and say so (``run.connected.set()``), record every event it receives
+(``run.record_event(event)``, or a poll's whole answer with ``run.record(sent, page)``), and once
+it has them all, keep its connection open until the driver lets go (``await run.finished()``),
+so that the counters are read before anything closes. Every client starts from the same cursor
+(``run.after``: the last event id before the experiment), so none can miss an event, whichever
+connects last. The clients of ``01_polling``'s cells record into the same object.
 
-Then :func:`run_workload`, the driver. It reads ``GET /stats`` four times, so that each
-experiment has counters of its own (:func:`labserver.stats_diff`) and they split into phases:
+Then :func:`run_workload`, the driver (on :func:`labserver.measure.experiment`, the harness
+``01_polling``'s :func:`~labserver.measure.drive` uses too). It reads ``GET /stats`` four
+times, so that each experiment has counters of its own (:func:`labserver.stats_diff`) and they
+split into phases:
 
 * ``setup`` — from before the clients connect until every one is connected: handshakes,
   the SSE response's headers, Socket.IO's open and namespace packets;
@@ -41,17 +44,31 @@ names can share a run.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import socketio
 
 from .counters import stats_diff
-from .measure import WORKLOAD, Deliveries, Publisher, Workload, publish_workload, summarize_ms
+from .measure import (
+    CONNECT_TIMEOUT_S,
+    DELIVERY_GRACE_S,
+    WORKLOAD,
+    ClientRun,
+    Deliveries,
+    StatsPublisher,
+    Workload,
+    experiment,
+    publish_workload,
+    summarize_ms,
+    until,
+)
 from .production import (  # noqa: F401 (06_compare imports them from here; they live there)
     CHROMIUM_POLL_REQUEST_BYTES,
     BrowserRequest,
@@ -63,115 +80,86 @@ from .production import (  # noqa: F401 (06_compare imports them from here; they
 LONG_POLL_TIMEOUT_S = 10.0
 #: Short polling's interval (seconds), as in ``02_sse``: ten requests a second per client.
 SHORT_POLL_INTERVAL_S = 0.1
-#: How long after the last publish the driver waits for every delivery, beyond the workload.
-DELIVERY_GRACE_S = 10.0
-
-
-@dataclass
-class Job:
-    """What the driver asks of one client: the events after ``after``, ``count`` of them."""
-
-    after: int  # the last event id before the experiment: the client's starting cursor
-    count: int  # how many events this client must receive
-    release: asyncio.Event  # set by the driver once it has read the counters
-    deliveries: Deliveries = field(default_factory=Deliveries)
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    received_all: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def record(self, event: dict[str, Any]) -> None:
-        """Record an event as it arrives (``time.time()``: the clock of the event's ``ts``)."""
-        self.deliveries.record(event)
-        if len(self.deliveries) >= self.count:
-            self.received_all.set()
-
-    @property
-    def done(self) -> bool:
-        return self.received_all.is_set()
-
-    async def finished(self) -> None:
-        """Every event is in: hold the connection open until the driver has read the counters."""
-        self.received_all.set()
-        await self.release.wait()
 
 
 # --- the clients: one per transport ---------------------------------------------------------
 
 
-async def short_poll(url: str, job: Job, interval_s: float = SHORT_POLL_INTERVAL_S) -> None:
+async def short_poll(url: str, run: ClientRun, interval_s: float = SHORT_POLL_INTERVAL_S) -> None:
     """Short polling: ask ``GET /poll?after=ID`` every ``interval_s``, events or not."""
     async with aiohttp.ClientSession() as session:
-        job.connected.set()  # nothing to open: each poll is a request of its own
+        run.connected.set()  # nothing to open: each poll is a request of its own
         await asyncio.sleep(random.uniform(0, interval_s))  # clients start at random moments
-        after = job.after
-        while not job.done:
+        after = run.after
+        while run.wants_more():
+            sent = time.time()
             async with session.get(f"{url}/poll", params={"after": after}) as resp:
                 page = await resp.json()
-            for event in page["events"]:
-                job.record(event)
+            run.record(sent, page)  # the request, and each event's arrival
             after = page["last_id"]
-            if not job.done:
+            if run.wants_more():
                 await asyncio.sleep(interval_s)
-        await job.finished()
+        await run.finished()
 
 
-async def long_poll(url: str, job: Job, timeout_s: float = LONG_POLL_TIMEOUT_S) -> None:
+async def long_poll(url: str, run: ClientRun, timeout_s: float = LONG_POLL_TIMEOUT_S) -> None:
     """Long polling: ``GET /long-poll`` is held until there is an event; ask again at once."""
     async with aiohttp.ClientSession() as session:
-        job.connected.set()
-        after = job.after
-        while not job.done:
+        run.connected.set()
+        after = run.after
+        while run.wants_more():
             params = {"after": after, "timeout": timeout_s}
+            sent = time.time()
             async with session.get(f"{url}/long-poll", params=params) as resp:
                 page = await resp.json()
-            for event in page["events"]:
-                job.record(event)
+            run.record(sent, page)
             after = page["last_id"]
-        await job.finished()
+        await run.finished()
 
 
-async def sse(url: str, job: Job) -> None:
+async def sse(url: str, run: ClientRun) -> None:
     """Server-Sent Events: one ``GET /sse`` response, read line by line, for every event."""
-    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(job.after)}
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(run.after)}
     async with aiohttp.ClientSession() as session, session.get(f"{url}/sse",
                                                                 headers=headers) as resp:
-        job.connected.set()
+        run.connected.set()
         kind, data = "message", []
         async for raw in resp.content:  # one line at a time (aiohttp removed the chunking)
             line = raw.decode().rstrip("\r\n")
             if not line:  # a blank line ends a block: dispatch it
                 if kind == "news":
-                    job.record(json.loads("\n".join(data)))
+                    run.record_event(json.loads("\n".join(data)))
                 kind, data = "message", []
-                if job.done:
+                if not run.wants_more():
                     break
             elif line.startswith("event:"):
                 kind = line[6:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].removeprefix(" "))
             # id:, retry: and ": ping" comments need nothing here: the cursor is the event's id
-        await job.finished()
+        await run.finished()
 
 
-async def ws(url: str, job: Job, compress: int = 0) -> None:
+async def ws(url: str, run: ClientRun, compress: int = 0) -> None:
     """WebSocket (``GET /ws``): each event one JSON text message.
 
     aiohttp's client offers permessage-deflate only when asked (``compress=15``); by default
     it does not, so frames carry the event's JSON as it is, behind a 2–14 byte frame header.
     """
     async with aiohttp.ClientSession() as session, session.ws_connect(
-        f"{url}/ws", params={"after": job.after}, compress=compress
+        f"{url}/ws", params={"after": run.after}, compress=compress
     ) as sock:
-        job.connected.set()
+        run.connected.set()
         async for msg in sock:
             message = json.loads(msg.data)
             if "id" in message:  # an event (a gap notice or a status has no id)
-                job.record(message)
-            if job.done:
+                run.record_event(message)
+            if not run.wants_more():
                 break
-        await job.finished()
+        await run.finished()
 
 
-async def socketio_client(url: str, job: Job, transports: list[str] | None = None) -> None:
+async def socketio_client(url: str, run: ClientRun, transports: list[str] | None = None) -> None:
     """Socket.IO with python-socketio's ``AsyncClient``: ``news`` carries each event.
 
     ``transports=None`` is the default client: it opens with HTTP long-polling and upgrades
@@ -179,43 +167,43 @@ async def socketio_client(url: str, job: Job, transports: list[str] | None = Non
     as the chapter's page does. ``auth={"after": …}`` resumes from the cursor.
     """
     client = socketio.AsyncClient(reconnection=False)
-    client.on("news", job.record)
-    await client.connect(url, transports=transports, auth={"after": job.after},
+    client.on("news", run.record_event)
+    await client.connect(url, transports=transports, auth={"after": run.after},
                          wait_timeout=10)
     try:
-        job.connected.set()
-        await job.received_all.wait()
-        await job.finished()
+        run.connected.set()
+        await run.received_all.wait()
+        await run.finished()
     finally:
         await client.disconnect()
 
 
-async def socketio_websocket(url: str, job: Job) -> None:
+async def socketio_websocket(url: str, run: ClientRun) -> None:
     """Socket.IO over WebSocket from the start (the chapter's ``transports: ['websocket']``)."""
-    await socketio_client(url, job, ["websocket"])
+    await socketio_client(url, run, ["websocket"])
 
 
-async def socketio_polling(url: str, job: Job) -> None:
+async def socketio_polling(url: str, run: ClientRun) -> None:
     """Socket.IO as a default client opens: HTTP long-polling first, then the upgrade."""
-    await socketio_client(url, job, None)
+    await socketio_client(url, run, None)
 
 
-async def socketio_by_hand(url: str, job: Job) -> None:
+async def socketio_by_hand(url: str, run: ClientRun) -> None:
     """Socket.IO without a library: Engine.IO 4 and Socket.IO 5 packets on aiohttp's WebSocket."""
     ws_url = url.replace("http", "ws", 1) + "/socket.io/?EIO=4&transport=websocket"
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url) as sock:
         await sock.receive_str()                             # 0{"sid":…}: Engine.IO open
-        await sock.send_str("40" + json.dumps({"after": job.after}))  # connect to "/", auth
+        await sock.send_str("40" + json.dumps({"after": run.after}))  # connect to "/", auth
         await sock.receive_str()                             # 40{"sid":…}: connected
-        job.connected.set()
+        run.connected.set()
         async for msg in sock:
             if msg.data == "2":                              # Engine.IO ping: answer pong
                 await sock.send_str("3")
             elif msg.data.startswith('42["news",'):          # message (4) + event (2)
-                job.record(json.loads(msg.data[2:])[1])
-            if job.done:
+                run.record_event(json.loads(msg.data[2:])[1])
+            if not run.wants_more():
                 break
-        await job.finished()
+        await run.finished()
 
 
 Client = Callable[..., Awaitable[None]]
@@ -316,15 +304,7 @@ class Result:
 # --- the driver -----------------------------------------------------------------------------
 
 
-class Stats(Publisher, Protocol):
-    """What the driver needs of a server handle (``labserver.start()`` returns one)."""
-
-    url: str
-
-    async def astats(self) -> dict[str, Any]: ...
-
-
-async def run_workload(srv: Stats, transport: str, clients: int = 5,
+async def run_workload(srv: StatsPublisher, transport: str, clients: int = 5,
                        workload: Workload = WORKLOAD, **options: Any) -> Result:
     """``clients`` clients of ``transport`` receive ``workload``; its counters and deliveries.
 
@@ -336,7 +316,7 @@ async def run_workload(srv: Stats, transport: str, clients: int = 5,
 
 
 async def run_side_by_side(
-    srv: Stats, transports: Sequence[str], clients: int = 5, workload: Workload = WORKLOAD,
+    srv: StatsPublisher, transports: Sequence[str], clients: int = 5, workload: Workload = WORKLOAD,
     options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Result]:
     """Several transports on one stream of events, each with ``clients`` clients."""
@@ -345,29 +325,20 @@ async def run_side_by_side(
         raise ValueError("transports that share counters cannot run side by side: "
                          + ", ".join(transports))
     options = options or {}
-    before = await srv.astats()
-    release = asyncio.Event()
-    jobs = {t: [Job(before["events"]["last_id"], workload.events, release)
-                for _ in range(clients)] for t in transports}
-    tasks = [asyncio.create_task(CLIENTS[t][0](srv.url, job, **options.get(t, {})))
-             for t in transports for job in jobs[t]]
-    everyone = [job for t in transports for job in jobs[t]]
-    try:
-        await _until(tasks, [job.connected for job in everyone], 10)
+    names = {t: [f"{t} {i}" for i in range(clients)] for t in transports}
+    starters = {name: functools.partial(CLIENTS[t][0], srv.url, **options.get(t, {}))
+                for t in transports for name in names[t]}
+    async with experiment(srv, starters, workload) as running:
+        before = running.before
+        await running.until_connected()
         connected, started = await _timed_stats(srv)
         between_events_s = (workload.events // 2 + 0.5) * workload.interval_s
         halfway = asyncio.create_task(_stats_after(srv, between_events_s))
         ids = await publish_workload(srv, workload)
         published, ended = await _timed_stats(srv)
         middle = await halfway
-        await _until(tasks, [job.received_all for job in everyone], DELIVERY_GRACE_S)
+        await running.until_received(DELIVERY_GRACE_S)
         delivered = await srv.astats()
-        release.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     after = await _settled(srv, before, counters)
 
     results = {}
@@ -377,7 +348,7 @@ async def run_side_by_side(
 
         results[t] = Result(
             transport=t, counter=name, workload=workload, ids=ids,
-            deliveries=[job.deliveries for job in jobs[t]],
+            deliveries=[running.runs[n].deliveries for n in names[t]],
             total=used(before, after), setup=used(before, connected),
             streaming=used(connected, delivered),
             held=middle["transports"][name]["open"] - before["transports"][name]["open"],
@@ -386,7 +357,7 @@ async def run_side_by_side(
     return results
 
 
-async def run_together(srv: Stats, clients: dict[str, Client],
+async def run_together(srv: StatsPublisher, clients: dict[str, Client],
                        workload: Workload = WORKLOAD) -> dict[str, Deliveries]:
     """Clients of any transports on one stream of events: what each one received, and when.
 
@@ -394,24 +365,15 @@ async def run_together(srv: Stats, clients: dict[str, Client],
     event by event, every event published once and received by every client, so that the
     difference between two clients is theirs and not the publisher's or the machine's moment.
     """
-    before = await srv.astats()
-    release = asyncio.Event()
-    jobs = {name: Job(before["events"]["last_id"], workload.events, release) for name in clients}
-    tasks = [asyncio.create_task(client(srv.url, jobs[name])) for name, client in clients.items()]
-    try:
-        await _until(tasks, [job.connected for job in jobs.values()], 10)
+    starters = {name: functools.partial(client, srv.url) for name, client in clients.items()}
+    async with experiment(srv, starters, workload) as running:  # started in this order
+        await running.until_connected()
         await publish_workload(srv, workload)
-        await _until(tasks, [job.received_all for job in jobs.values()], DELIVERY_GRACE_S)
-        release.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return {name: job.deliveries for name, job in jobs.items()}
+        await running.until_received(DELIVERY_GRACE_S)
+    return {name: run.deliveries for name, run in running.runs.items()}
 
 
-async def _timed_stats(srv: Stats) -> tuple[dict[str, Any], float]:
+async def _timed_stats(srv: StatsPublisher) -> tuple[dict[str, Any], float]:
     """The counters, and when they were read (the middle of the request, monotonic s)."""
     loop = asyncio.get_running_loop()
     sent = loop.time()
@@ -419,32 +381,12 @@ async def _timed_stats(srv: Stats) -> tuple[dict[str, Any], float]:
     return stats, (sent + loop.time()) / 2
 
 
-async def _stats_after(srv: Stats, delay_s: float) -> dict[str, Any]:
+async def _stats_after(srv: StatsPublisher, delay_s: float) -> dict[str, Any]:
     await asyncio.sleep(delay_s)
     return await srv.astats()
 
 
-async def _until(tasks: list[asyncio.Task[None]], events: list[asyncio.Event],
-                 timeout_s: float) -> None:
-    """Wait until every event is set; a client that fails meanwhile raises its error."""
-    waiting = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in events)))
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not waiting.done():
-                running = [t for t in tasks if not t.done()]
-                await asyncio.wait([waiting, *running], return_when=asyncio.FIRST_COMPLETED)
-                for task in tasks:
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
-    except TimeoutError:
-        late = sum(not e.is_set() for e in events)
-        raise TimeoutError(f"{late} of {len(events)} clients not ready within {timeout_s} s") \
-            from None
-    finally:
-        waiting.cancel()
-
-
-async def _settled(srv: Stats, before: dict[str, Any], counters: list[str],
+async def _settled(srv: StatsPublisher, before: dict[str, Any], counters: list[str],
                    timeout_s: float = 2.0) -> dict[str, Any]:
     """Counters once the server has seen every client of the experiment close."""
     loop = asyncio.get_running_loop()
@@ -460,7 +402,7 @@ async def _settled(srv: Stats, before: dict[str, Any], counters: list[str],
 # --- clients in processes of their own ------------------------------------------------------
 
 
-async def run_apart(srv: Stats, clients: dict[str, str], workload: Workload = WORKLOAD,
+async def run_apart(srv: StatsPublisher, clients: dict[str, str], workload: Workload = WORKLOAD,
                     options: dict[str, dict[str, Any]] | None = None,
                     timeout_s: float = 30.0) -> dict[str, Deliveries]:
     """Clients on one stream of events, each in a **process of its own**: what each received.
@@ -532,12 +474,12 @@ def _apart_child(transport: str, url: str, after: int, workload: Workload,
 
 async def _apart_main(transport: str, url: str, after: int, workload: Workload,
                       options: dict[str, Any], pipe: Any) -> None:
-    job = Job(after, workload.events, asyncio.Event())
-    task = asyncio.create_task(CLIENTS[transport][0](url, job, **options))
-    await _until([task], [job.connected], 10)
+    run = ClientRun(after, workload.events)
+    task = asyncio.create_task(CLIENTS[transport][0](url, run, **options))
+    await until([task], [run.connected], CONNECT_TIMEOUT_S)
     pipe.send(("connected", None))
-    await _until([task], [job.received_all], workload.duration_s + DELIVERY_GRACE_S)
-    job.release.set()
-    await asyncio.wait_for(task, 10)
-    d = job.deliveries
+    await until([task], [run.received_all], workload.duration_s + DELIVERY_GRACE_S)
+    run.release.set()
+    await asyncio.wait_for(task, CONNECT_TIMEOUT_S)
+    d = run.deliveries
     pipe.send(("deliveries", (d.ids, d.sent_ts, d.received_ts)))

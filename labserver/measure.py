@@ -9,14 +9,18 @@ one machine): latency is ``received - ts``.
 Nothing here talks to a transport: the client code a learner should read stays in the
 notebook cells. :func:`drive` runs such a client against the workload (the plumbing of
 ``01_polling``): the client gets a :class:`ClientRun` to record into, the driver publishes.
+It is the one experiment driver: :mod:`labserver.clients`' ``run_workload``,
+``run_side_by_side`` and ``run_together`` start their clients with the same :class:`ClientRun`
+through the same harness (:func:`experiment`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -120,7 +124,7 @@ def cdf(values: Sequence[float]) -> tuple[list[float], list[float]]:
     return xs, [(i + 1) / n for i in range(n)]
 
 
-# --- one lesson client against the workload --------------------------------------------------
+# --- the experiment driver: clients against the workload ------------------------------------
 
 
 class StatsPublisher(Publisher, Protocol):
@@ -133,15 +137,27 @@ class StatsPublisher(Publisher, Protocol):
 
 @dataclass
 class ClientRun:
-    """What :func:`drive` gives a client, and what the client records into it."""
+    """One client's part in an experiment: what the driver asks of it, what it records.
 
-    after: int  # the last event id before the run: the client's first cursor
-    count: int  # how many events the run publishes
+    Every client starts from the same cursor (``after``: the last event id before the
+    experiment), so none can miss an event, whichever connects last; it records what it receives
+    — :meth:`record` for a poll's answer (``01_polling``'s clients; the request is kept too),
+    :meth:`record_event` for one pushed event — until it has ``count`` of them
+    (:meth:`wants_more` turns false). A client that holds a connection open says so
+    (``connected.set()``) and, once it has everything, keeps it open until the driver has read
+    the server's counters (``await run.finished()``).
+    """
+
+    after: int  # the last event id before the experiment: the client's first cursor
+    count: int  # how many events this client must receive
+    release: asyncio.Event = field(default_factory=asyncio.Event)  # set once the driver is done
     deliveries: Deliveries = field(default_factory=Deliveries)
     #: one ``(sent, answered, events carried)`` per request, in ``time.time()`` seconds
     requests: list[tuple[float, float, int]] = field(default_factory=list)
-    t0: float = 0.0  # when publishing started
-    ids: list[int] = field(default_factory=list)  # the ids published
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    received_all: asyncio.Event = field(default_factory=asyncio.Event)
+    t0: float = 0.0  # when publishing started (drive)
+    ids: list[int] = field(default_factory=list)  # the ids published (drive)
     stats: dict[str, Any] = field(default_factory=dict)  # the server's counters of this run
 
     def wants_more(self) -> bool:
@@ -152,16 +168,95 @@ class ClientRun:
         """
         return len(self.deliveries) < self.count
 
+    def record_event(self, event: dict[str, Any], received: float | None = None) -> None:
+        """One event, as it arrives (``time.time()``: the clock of the event's ``ts``)."""
+        self.deliveries.record(event, received)
+        if not self.wants_more():
+            self.received_all.set()
+
     def record(self, sent: float, page: dict[str, Any]) -> None:
         """One answer ``{"events": [...], ...}`` to a request sent at ``sent``, received now."""
         received = time.time()
         self.requests.append((sent, received, len(page["events"])))
         for event in page["events"]:
-            self.deliveries.record(event, received)
+            self.record_event(event, received)
+
+    async def finished(self) -> None:
+        """Every event is in: hold the connection open until the driver has read the counters."""
+        self.received_all.set()
+        await self.release.wait()
 
 
 #: Seconds a client may take, after the last publish, to receive everything.
-DRIVE_GRACE_S = 10.0
+DELIVERY_GRACE_S = 10.0
+#: Seconds clients may take to connect, and to close once the driver lets go.
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Experiment:
+    """Clients running against one workload (made by :func:`experiment`)."""
+
+    before: dict[str, Any]  # the server's counters before any client started
+    runs: dict[str, ClientRun]  # one per client, by name
+    tasks: list[asyncio.Task[None]]
+
+    async def until_connected(self, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        """Wait until every client has said it is connected."""
+        await until(self.tasks, [run.connected for run in self.runs.values()], timeout_s)
+
+    async def until_received(self, timeout_s: float = DELIVERY_GRACE_S) -> None:
+        """Wait until every client has every event (or has returned without)."""
+        await until(self.tasks, [run.received_all for run in self.runs.values()], timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def experiment(srv: StatsPublisher, clients: Mapping[str, Callable[[ClientRun],
+                                                                         Awaitable[None]]],
+                     workload: Workload | None = None) -> AsyncIterator[Experiment]:
+    """Start every client of ``clients`` (``name → client(run)``), each with a
+    :class:`ClientRun` from the server's last event id; the block publishes and waits. When it
+    ends, every client is let go (``release``) and has returned within
+    :data:`CONNECT_TIMEOUT_S`; on an error, cancelled. The harness of :func:`drive` and of
+    :mod:`labserver.clients`' drivers.
+    """
+    workload = workload if workload is not None else WORKLOAD
+    before = await srv.astats()
+    release = asyncio.Event()
+    runs = {name: ClientRun(before["events"]["last_id"], workload.events, release)
+            for name in clients}
+    tasks = [asyncio.create_task(client(runs[name])) for name, client in clients.items()]
+    try:
+        yield Experiment(before, runs, tasks)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), CONNECT_TIMEOUT_S)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def until(tasks: list[asyncio.Task[None]], events: list[asyncio.Event],
+                timeout_s: float) -> None:
+    """Wait until every event is set, or every task has returned; a task that fails meanwhile
+    raises its error, and ``TimeoutError`` says how many events were still unset."""
+    waiting = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in events)))
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for task in tasks:
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        raise task.exception()  # type: ignore[misc]
+                running = [t for t in tasks if not t.done()]
+                if waiting.done() or not running:
+                    return  # every event set, or every client returned: what it recorded tells
+                await asyncio.wait([waiting, *running], return_when=asyncio.FIRST_COMPLETED)
+    except TimeoutError:
+        late = sum(not e.is_set() for e in events)
+        raise TimeoutError(f"{late} of {len(events)} clients not ready within {timeout_s} s") \
+            from None
+    finally:
+        waiting.cancel()
 
 
 async def drive(
@@ -175,22 +270,17 @@ async def drive(
     every event exactly once, in order; ``run.stats`` holds the server's counters for this run.
     """
     workload = workload if workload is not None else WORKLOAD
-    before = await srv.astats()
-    run = ClientRun(after=before["events"]["last_id"], count=workload.events)
 
-    async def start_later() -> None:
+    async def start_later(run: ClientRun) -> None:
         await asyncio.sleep(start_after_s)
         await client(run, **options)
 
-    task = asyncio.create_task(start_later())
-    try:
+    async with experiment(srv, {"client": start_later}, workload) as running:
+        run = running.runs["client"]
         run.t0 = time.time()
         run.ids = await publish_workload(srv, workload)
-        await asyncio.wait_for(task, DRIVE_GRACE_S)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    run.stats = stats_diff(before, await srv.astats())
+        await running.until_received(DELIVERY_GRACE_S)
+    run.stats = stats_diff(running.before, await srv.astats())
     assert run.deliveries.ids == run.ids, "every event exactly once, in order"
     return run
 
