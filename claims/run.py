@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
@@ -72,9 +73,14 @@ def run_once(path: Path, log: Path, timeout_s: int) -> str | None:
     return None
 
 
-def summary(values: list[float]) -> dict[str, float] | None:
+def summary(values: list[Any]) -> dict[str, Any] | None:
+    """min/median/max of numbers; of values that are not numbers (an exact claim on a list or a
+    string), the distinct ones the runs saw."""
     if not values:
         return None
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        distinct = list(dict.fromkeys(json.dumps(v, ensure_ascii=False) for v in values))
+        return {"distinct": distinct, "n": len(values)}
     return {"min": min(values), "median": statistics.median(values), "max": max(values),
             "n": len(values)}
 
@@ -136,13 +142,17 @@ def markdown(ledgers: list[dict]) -> str:
             m = c.get("measured")
             if c.get("kind") == "order":
                 shown = "; ".join(f"{k} {v['median']:.3g}" for k, v in (m or {}).items() if v)
+            elif m and "distinct" in m:
+                shown = " or ".join(f"`{v}`" for v in m["distinct"]) + unit
             elif m:
                 shown = f"{m['min']:.4g} / {m['median']:.4g} / {m['max']:.4g}{unit}"
             else:
                 shown = "not recorded"
             predicted = c.get("predicted")
-            if isinstance(predicted, list):
+            if c.get("kind") == "order":
                 predicted = " < ".join(predicted)
+            elif isinstance(predicted, list | str):
+                predicted = f"`{json.dumps(predicted, ensure_ascii=False)}`"
             elif isinstance(predicted, float):
                 predicted = f"{predicted:.4g}"
             tol = c.get("tolerance")

@@ -37,6 +37,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 __all__ = ["Claim", "ClaimFailed", "at_least", "at_most", "check", "exact", "order"]
 
@@ -56,8 +57,8 @@ class Claim:
     key: str
     text: str
     kind: str  # "check" | "exact" | "at_most" | "at_least" | "order"
-    predicted: float | list[str] | None
-    measured: float | dict[str, float]
+    predicted: Any  # a number; a ranking (order); any JSON value (exact)
+    measured: Any  # the same kinds; for order, a value per name
     tolerance: float | None  # half-width (check), headroom (bounds), 0 (exact), margin (order)
     unit: str
     basis: str
@@ -84,6 +85,14 @@ def fmt(value: float, digits: int | None = None) -> str:
         magnitude = abs(value)
         digits = 0 if magnitude >= 1000 else 1 if magnitude >= 10 else 2 if magnitude >= 0.1 else 3
     return f"{value:.{digits}f}"
+
+
+#: What :func:`exact` compares: a number, or a value of JSON's kinds (the ledger records it).
+Exact = float | str | Sequence[Any]
+
+
+def _shown(value: Exact) -> str:
+    return fmt(value) if isinstance(value, int | float) else str(value)
 
 
 def _with_unit(text: str, unit: str) -> str:
@@ -138,16 +147,17 @@ def check(key: str, text: str, *, predicted: float, measured: float, tol: float,
                          wide, passed, _line(passed, text, body, key)))
 
 
-def exact(key: str, text: str, *, predicted: float, measured: float, unit: str = "",
+def exact(key: str, text: str, *, predicted: Exact, measured: Exact, unit: str = "",
           basis: str = "exact: no run-to-run variation", fails_if: str) -> Claim:
-    """The claim "``measured`` is exactly ``predicted``" (counts, byte sizes)."""
+    """The claim "``measured`` is exactly ``predicted``": counts, byte sizes, or a value that
+    is not a number (a status, a close reason, who received what as a list of counts)."""
     _require(key, basis, fails_if)
     passed = measured == predicted
     if passed:
-        body = f"exactly {_with_unit(fmt(predicted), unit)}, as predicted"
+        body = f"exactly {_with_unit(_shown(predicted), unit)}, as predicted"
     else:
-        body = (f"predicted exactly {_with_unit(fmt(predicted), unit)}, "
-                f"but measured {_with_unit(fmt(measured), unit)}")
+        body = (f"predicted exactly {_with_unit(_shown(predicted), unit)}, "
+                f"but measured {_with_unit(_shown(measured), unit)}")
     return _finish(Claim(key, text, "exact", predicted, measured, 0, unit, basis, fails_if,
                          None, passed, _line(passed, text, body, key)))
 

@@ -69,6 +69,26 @@ def test_exact_and_bounds_and_order(capsys):
                      predicted=["ws", "sse"], margin=1, basis="b", fails_if="f")
 
 
+def test_exact_compares_values_that_are_not_numbers(capsys):
+    grid = [[1, 0], [0, 1]]
+    claims.exact("00.who", "who received", predicted=grid, measured=[[1, 0], [0, 1]],
+                 fails_if="f")
+    assert capsys.readouterr().out == ("✓ who received: exactly [[1, 0], [0, 1]], as predicted "
+                                       "[00.who]\n")
+    with pytest.raises(claims.ClaimFailed, match=r"but measured \[\[1, 1\], \[0, 1\]\]"):
+        claims.exact("00.who", "who received", predicted=grid, measured=[[1, 1], [0, 1]],
+                     fails_if="f")
+    claims.exact("00.reason", "the close reason", predicted="send queue full",
+                 measured="send queue full", fails_if="f")
+    assert "exactly send queue full, as predicted" in capsys.readouterr().out
+
+
+def test_the_ledger_summarises_values_that_are_not_numbers():
+    summary = runner().summary
+    assert summary([[1, 0], [1, 0], [1, 1]]) == {"distinct": ["[1, 0]", "[1, 1]"], "n": 3}
+    assert summary([3, 1, 2]) == {"min": 1, "median": 2, "max": 3, "n": 3}
+
+
 def test_a_claim_needs_its_basis_and_perturbation():
     with pytest.raises(ValueError):
         claims.check("00.x", "t", predicted=1, measured=1, tol=0, basis="", fails_if="f")
