@@ -274,6 +274,13 @@ def fast_off_copy(module_name: str, namespace: dict[str, Any]) -> None:
     namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
 
 
+def fast_by_default() -> bool:
+    """The tier as this run was started (``LABSERVER_FAST=0 pytest …`` turns it off throughout)."""
+    from labserver.options import fast_by_default as from_environment
+
+    return from_environment()
+
+
 def in_fast_off(node: Any) -> bool:
     return Path(node.path).parent == FAST_OFF_DIR
 
@@ -294,7 +301,7 @@ def fast_off_collection(config: Any, items: list[Any]) -> None:
             continue
         kept.append(item)
         marker = item.get_closest_marker("own_protocol")
-        if marker is not None and in_fast_off(item):
+        if marker is not None and (in_fast_off(item) or not fast_by_default()):
             item.add_marker(pytest.mark.skip(reason=f"fast tier off: {marker.args[0]}"))
     if deselected:
         config.hook.pytest_deselected(items=deselected)
