@@ -345,7 +345,8 @@ class LabSocket:
     is not JSON with 1007. On close the timer and the subscription stop.
     """
 
-    __slots__ = ("after", "every_s", "connection", "sub", "allowance", "maxsize", "every_timer")
+    __slots__ = ("after", "every_s", "connection", "sub", "allowance", "maxsize", "every_timer",
+                 "every_next")
 
     def __init__(self, after: int | None, every_s: float | None) -> None:
         self.after = after
@@ -355,6 +356,7 @@ class LabSocket:
         self.allowance = 0  # unsent bytes a client may have beyond queue_size events (its replay)
         self.maxsize = 0  # queue_size: the events' worth of unsent bytes a client may have
         self.every_timer: asyncio.TimerHandle | None = None
+        self.every_next = 0.0  # the loop time the next status is due at
 
     def on_open(self, connection: WebSocketConnection) -> None:
         """The replay, then live events: all in this one step."""
@@ -366,8 +368,9 @@ class LabSocket:
         assert connection.transport is not None
         self.allowance = connection.transport.get_write_buffer_size()
         if self.every_s is not None:
-            self.every_timer = asyncio.get_running_loop().call_later(self.every_s,
-                                                                     self.send_status)
+            loop = asyncio.get_running_loop()
+            self.every_next = loop.time() + self.every_s
+            self.every_timer = loop.call_at(self.every_next, self.send_status)
 
     def on_close(self, connection: WebSocketConnection) -> None:
         if self.every_timer is not None:  # the chapter's clearInterval(ws.interval)
@@ -427,7 +430,11 @@ class LabSocket:
         if self.connection.protocol.state is not OPEN_STATE:  # `if (ws.readyState === ...)`
             return
         self.send_json({"status": STATUS_TEXT, "ts": time.time()})
-        self.every_timer = asyncio.get_running_loop().call_later(self.every_s, self.send_status)
+        # At a fixed rate, as setInterval means it: the next deadline is this one plus S, not
+        # now plus S, so a late tick (a busy loop) does not push every later one back.
+        loop = asyncio.get_running_loop()
+        self.every_next = max(self.every_next + self.every_s, loop.time())
+        self.every_timer = loop.call_at(self.every_next, self.send_status)
 
     # --- messages in --------------------------------------------------------------------
 
@@ -498,8 +505,11 @@ async def websocket_by_aiohttp(request: web.Request, after: int | None,
 
     async def send_status() -> None:
         assert every_s is not None
-        while True:
-            await asyncio.sleep(every_s)
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:  # at a fixed rate: a late tick does not push the later ones back
+            due = max(due + every_s, loop.time())
+            await asyncio.sleep(due - loop.time())
             await ws.send_json({"status": STATUS_TEXT, "ts": time.time()})
 
     async def drop() -> None:

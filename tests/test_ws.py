@@ -476,6 +476,26 @@ async def test_every_sends_status_messages_that_are_not_events(srv: labserver.Se
     assert ws_stats(srv)["messages_out"] == 0  # status messages are not events
 
 
+async def test_every_keeps_its_rate_when_the_loop_is_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``?every=S`` is setInterval: the n-th status is due at n×S after the open, not S after
+    the previous one was sent, so a late tick does not push back every later one. Each status
+    here blocks the server's loop 20 ms (its clock read made slow): ten at 50 ms then span
+    0.5 s, where re-arming after each send would make 0.7 s."""
+    import types
+
+    slow_clock = types.SimpleNamespace(time=lambda: (time.sleep(0.02), time.time())[1],
+                                       monotonic=time.monotonic, perf_counter=time.perf_counter)
+    monkeypatch.setattr(ws_module, "time", slow_clock)
+    async with conftest.serving(create_app()) as port:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws?every=0.05", proxy=None) as ws:
+            await recv_json(ws)
+            first = time.monotonic()
+            for _ in range(10):
+                await recv_json(ws)
+            span = time.monotonic() - first
+    assert span < 0.62, f"ten statuses took {span:.3f} s: the timer drifts by each late tick"
+
+
 @pytest.mark.parametrize("how", ["close handshake", "connection dropped", "server drop"])
 @own_protocol("LabSocket's timer (aiohttp's path cancels its status task)")
 async def test_every_timer_is_cancelled_when_the_socket_closes(how: str) -> None:
