@@ -69,11 +69,15 @@ from .measure import (
     summarize_ms,
     until,
 )
+from .polling import LONG_POLL, POLL
 from .production import (  # noqa: F401 (06_compare imports them from here; they live there)
     CHROMIUM_POLL_REQUEST_BYTES,
     BrowserRequest,
     chromium_poll_request,
 )
+from .socketio import TRANSPORT as SOCKETIO
+from .sse import TRANSPORT as SSE
+from .ws import TRANSPORT as WS
 
 #: How long a long poll may be held (seconds). Shorter than the server's default of 25, longer
 #: than any gap between events in a workload here: a held request is answered by an event.
@@ -209,14 +213,15 @@ async def socketio_by_hand(url: str, run: ClientRun) -> None:
 Client = Callable[..., Awaitable[None]]
 
 #: Every transport of the lesson: its client, and the name its counters go under in ``/stats``.
+#: The counter names are the ones each transport declares (``labserver.transports``).
 CLIENTS: dict[str, tuple[Client, str]] = {
-    "short_poll": (short_poll, "poll"),
-    "long_poll": (long_poll, "long_poll"),
-    "sse": (sse, "sse"),
-    "ws": (ws, "ws"),
-    "socketio_ws": (socketio_websocket, "socketio"),
-    "socketio_polling": (socketio_polling, "socketio"),
-    "socketio_by_hand": (socketio_by_hand, "socketio"),
+    "short_poll": (short_poll, POLL),
+    "long_poll": (long_poll, LONG_POLL),
+    "sse": (sse, SSE),
+    "ws": (ws, WS),
+    "socketio_ws": (socketio_websocket, SOCKETIO),
+    "socketio_polling": (socketio_polling, SOCKETIO),
+    "socketio_by_hand": (socketio_by_hand, SOCKETIO),
 }
 
 

@@ -225,3 +225,13 @@ async def test_side_by_side_in_one_loop_the_client_served_first_has_the_lower_me
     assert first[served_first] >= 0.8 * SMALL.events
     p50 = {t: r.latency["p50_ms"] for t, r in results.items()}
     assert min(p50, key=p50.get) == served_first
+
+
+def test_every_declared_transport_has_a_client() -> None:
+    """The clients' counter names are the transports' own declarations: a transport added
+    without a client (or a client of a transport that is gone) fails here, not in a lesson."""
+    from labserver.app import create_app
+    from labserver.clients import CLIENTS
+    from labserver.keys import TRANSPORTS
+
+    assert {counter for _, counter in CLIENTS.values()} == set(create_app()[TRANSPORTS].names)
