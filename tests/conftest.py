@@ -213,8 +213,10 @@ class JupyterProxy:
         terminate(self.process, 10)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def jupyter_proxy() -> Iterator[JupyterProxy]:
+    """One Jupyter server per test worker (about 3.5 s to start), shared by every hub-proxy
+    test: each reaches its own labserver through it by port."""
     with tempfile.TemporaryDirectory() as root:
         proxy = JupyterProxy()
         proxy.start(root)
