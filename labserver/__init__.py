@@ -16,12 +16,14 @@ first), ``transports`` (what each transport declares of itself: routes, counters
 (the client's address, proxies and the origin check), ``process``
 (the handle), ``cluster`` (scale-out on Redis), ``nginx`` (a real nginx in front of the
 nodes), ``measure`` and ``clients`` (what the lessons measure with), ``production`` (08's
-drivers: idle streams, nginx's logs, pages in Chromium) and ``screenshot`` (a demo page's
-picture, taken in the run). What exists only to be fast — connections taken from aiohttp,
-kept-alive long polls, the direct writes of SSE and Socket.IO — is the private tier ``_fast``,
-the only code that reads the libraries' private parts, checked by its canary
-(``labserver._fast.problems()``); without it (``fast=False``) every transport is served by the
-libraries' public APIs alone.
+drivers: idle streams, nginx's logs, pages in Chromium), ``screenshot`` (a demo page's
+picture, taken in the run), ``claims`` (a lesson's claim: predicted, measured, asserted),
+``labdriver`` (the lessons opened in JupyterLab in Chromium), and the plumbing beneath them,
+``browser`` (one Chromium launcher) and ``children`` (free ports, waits, watchdogs). What
+exists only to be fast — connections taken from aiohttp, kept-alive long polls, the direct
+writes of SSE and Socket.IO — is the private tier ``_fast``, the only code that reads the
+libraries' private parts, checked by its canary (``labserver._fast.problems()``); without it
+(``fast=False``) every transport is served by the libraries' public APIs alone.
 """
 
 from .app import create_app

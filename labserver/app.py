@@ -283,11 +283,15 @@ async def serve(
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         access_log=None,
     )
-    await runner.setup()
+    await runner.setup()  # the app's startup: its background tasks and client sessions
     assert runner.server is not None
     factory = ConnectionFactory(runner.server, keep_received=app[FAST])
-    server = await asyncio.get_running_loop().create_server(factory, opts.host, opts.port,
-                                                            reuse_address=True)
+    try:
+        server = await asyncio.get_running_loop().create_server(factory, opts.host, opts.port,
+                                                                reuse_address=True)
+    except BaseException:  # a port in use: what startup began is cleaned up all the same
+        await runner.cleanup()
+        raise
     try:
         port = server.sockets[0].getsockname()[1]
         log.info("labserver listening on http://%s:%d", opts.host, port)

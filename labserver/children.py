@@ -102,7 +102,11 @@ def release(guard: subprocess.Popen[bytes] | None, timeout_s: float = 1.0) -> No
     if guard is not None:
         assert guard.stdin is not None
         guard.stdin.close()
-        guard.wait(timeout_s)
+        try:
+            guard.wait(timeout_s)
+        except subprocess.TimeoutExpired:  # a watchdog too slow to go: the caller goes on
+            guard.kill()
+            guard.wait()
 
 
 def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float = 1.0, *,

@@ -20,9 +20,9 @@ so that the counters are read before anything closes. Every client starts from t
 connects last. The clients of ``01_polling``'s cells record into the same object.
 
 Then :func:`run_workload`, the driver (on :func:`labserver.measure.experiment`, the harness
-``01_polling``'s :func:`~labserver.measure.drive` uses too). It reads ``GET /stats`` four
-times, so that each experiment has counters of its own (:func:`labserver.stats_diff`) and they
-split into phases:
+``01_polling``'s :func:`~labserver.measure.drive` uses too). It reads ``GET /stats`` before,
+around and after each phase, so that each experiment has counters of its own
+(:func:`labserver.stats_diff`) and they split into phases:
 
 * ``setup`` — from before the clients connect until every one is connected: handshakes,
   the SSE response's headers, Socket.IO's open and namespace packets;
@@ -339,9 +339,12 @@ async def run_side_by_side(
         connected, started = await _timed_stats(srv)
         between_events_s = (workload.events // 2 + 0.5) * workload.interval_s
         halfway = asyncio.create_task(_stats_after(srv, between_events_s))
-        ids = await publish_workload(srv, workload)
-        published, ended = await _timed_stats(srv)
-        middle = await halfway
+        try:
+            ids = await publish_workload(srv, workload)
+            published, ended = await _timed_stats(srv)
+            middle = await halfway
+        finally:
+            halfway.cancel()  # a publish that failed leaves no task behind
         await running.until_received(DELIVERY_GRACE_S)
         delivered = await srv.astats()
     after = await _settled(srv, before, counters)

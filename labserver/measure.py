@@ -241,8 +241,9 @@ async def until(tasks: list[asyncio.Task[None]], events: list[asyncio.Event],
     """Wait until every event is set, or every task has returned; a task that fails meanwhile
     raises its error, and ``TimeoutError`` says how many events were still unset."""
     waiting = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in events)))
+    deadline = asyncio.timeout(timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
+        async with deadline:
             while True:
                 for task in tasks:
                     if task.done() and not task.cancelled() and task.exception() is not None:
@@ -252,6 +253,8 @@ async def until(tasks: list[asyncio.Task[None]], events: list[asyncio.Event],
                     return  # every event set, or every client returned: what it recorded tells
                 await asyncio.wait([waiting, *running], return_when=asyncio.FIRST_COMPLETED)
     except TimeoutError:
+        if not deadline.expired():
+            raise  # a client's own timeout (aiohttp's ServerTimeoutError is one): its error
         late = sum(not e.is_set() for e in events)
         raise TimeoutError(f"{late} of {len(events)} clients not ready within {timeout_s} s") \
             from None

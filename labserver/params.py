@@ -77,7 +77,7 @@ async def read_json_object(request: web.Request, shape: str = "a JSON object") -
     body = await request.read()
     try:
         value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # RecursionError: [[[…
         raise bad_request("body must be valid JSON") from None
     if not isinstance(value, dict):
         raise bad_request(f"body must be {shape}")

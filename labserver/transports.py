@@ -19,7 +19,8 @@ Each transport module's ``setup(app)`` says once what the shared pieces need to 
   registers with ``app[CONNECTIONS]`` under its ``name``.
 
 ``/stats``, ``/drop`` and the counters derive from these declarations, so adding a transport is
-one module whose ``setup`` registers it, plus one line in :func:`labserver.app.create_app`.
+one module whose ``setup`` registers it, plus one line in :func:`labserver.app.create_app`
+(and, for the lessons, its client in ``labserver.clients.CLIENTS``: a test fails without it).
 Two transports cannot claim the same name or the same route: :func:`register` refuses with a
 ``ValueError`` before anything is added.
 """

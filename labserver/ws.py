@@ -460,7 +460,7 @@ def answer_to(text: str, address: str) -> bytes | tuple[int, str] | None:
     if text.lstrip()[:1] in ("{", "["):
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested too deep
             return INVALID_TEXT, "text starting with { or [ must be valid JSON"
         if isinstance(value, dict) and "echo" in value:
             return json.dumps({"echo": value["echo"]}, separators=(",", ":")).encode()

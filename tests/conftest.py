@@ -207,6 +207,7 @@ class JupyterProxy:
         )
         status = f"http://127.0.0.1:{self.port}{self.base_url}api/status"
         if not wait_until(lambda: answers(status), 30, process=self.process, interval_s=0.1):
+            terminate(self.process, 10)
             raise RuntimeError("jupyter server did not start")
 
     def stop(self) -> None:
@@ -256,10 +257,13 @@ async def wait_until_open(counters: Any, long_polls: int) -> None:
     import asyncio
 
     for _ in range(250):
-        if (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
-                counters["socketio"].open) == (long_polls, 1, 1, 1):
+        seen = (counters["long_poll"].open, counters["sse"].open, counters["ws"].open,
+                counters["socketio"].open)
+        if seen == (long_polls, 1, 1, 1):
             return
         await asyncio.sleep(0.02)
+    raise AssertionError(f"open (long_poll, sse, ws, socketio) is {seen}, not "
+                         f"{(long_polls, 1, 1, 1)} after 5 s")
 
 
 # The fast tier off, in the same session ------------------------------------------------------
@@ -277,7 +281,8 @@ def fast_off_copy(module_name: str, namespace: dict[str, Any]) -> None:
 
 
 def fast_by_default() -> bool:
-    """The tier as this run was started (``LABSERVER_FAST=0 pytest …`` turns it off throughout)."""
+    """The tier as the environment says now: at collection, as this run was started
+    (``LABSERVER_FAST=0 pytest …`` turns it off throughout); in a tests/fast_off module, off."""
     from labserver.options import fast_by_default as from_environment
 
     return from_environment()

@@ -44,6 +44,7 @@ def test_publish_answers_the_id_and_stats_count_it(srv: labserver.Server) -> Non
         (b"{not json", "body must be valid JSON"),
         (b"", "body must be valid JSON"),
         (b"\xff\xfe", "body must be valid JSON"),
+        (b"[" * 40_000, "body must be valid JSON"),  # nested past Python's recursion limit
         (b"[1, 2]", "body must be a JSON object"),
         (b'{"payload": 1}', 'body must be {"data": <any JSON>}'),
         (b'{"data": 1, "extra": 2}', 'body must be {"data": <any JSON>}'),

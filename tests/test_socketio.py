@@ -698,3 +698,26 @@ def test_browser_the_chapters_page_unchanged_on_port_8005(
         assert time.monotonic() < deadline, "the page's reply never arrived"
         time.sleep(0.05)
     assert stats["transports"]["socketio"]["requests"] == 1  # WebSocket from the start
+
+
+def test_the_parts_of_python_engineio_its_docs_do_not_promise_are_there() -> None:
+    """socketio.py and chat.py use three parts of python-engineio that are public by name but
+    not documented: ``AsyncServer.sockets`` (the sessions by sid, for a session's transport
+    and its forced close), ``AsyncSocket.close(abort=, reason=)``, and the aiohttp request in
+    the WSGI-style environ (``environ["aiohttp.request"]``: the cookie, the origin, the client
+    address). The fast tier's canary cannot cover them (with the tier off they are still
+    used), so this test names the package and version when one of them goes."""
+    import importlib.metadata
+    import inspect
+
+    import engineio
+    from engineio import async_socket
+    from engineio.async_drivers import aiohttp as driver
+
+    version = f"python-engineio {importlib.metadata.version('python-engineio')}"
+    assert isinstance(engineio.AsyncServer(async_mode="aiohttp").sockets, dict), \
+        f"{version}: AsyncServer.sockets is no longer the dict of sessions"
+    close = inspect.signature(async_socket.AsyncSocket.close).parameters
+    assert {"abort", "reason"} <= set(close), f"{version}: AsyncSocket.close lost abort=, reason="
+    assert "'aiohttp.request': request" in inspect.getsource(driver.translate_request), \
+        f"{version}: the aiohttp driver no longer puts the request in environ['aiohttp.request']"

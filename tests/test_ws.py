@@ -324,9 +324,11 @@ async def test_too_big_is_refused_with_1009(make_server: Any) -> None:
         await assert_other_client_still_receives(srv, other)
 
 
-async def test_text_that_must_be_json_and_is_not_gets_1007(srv: labserver.Server) -> None:
+@pytest.mark.parametrize("text", ['{"echo": oops', "[" * 40_000], ids=["broken", "too deep"])
+async def test_text_that_must_be_json_and_is_not_gets_1007(srv: labserver.Server,
+                                                           text: str) -> None:
     async with connect(srv) as other, connect(srv) as ws:
-        await ws.send('{"echo": oops')
+        await ws.send(text)
         closed = await closed_with(ws)
         assert closed.rcvd is not None and closed.rcvd.code == 1007
         assert "must be valid JSON" in closed.rcvd.reason
