@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -122,23 +123,57 @@ def news_frame(event: Event) -> bytes:
 # --- the server ---------------------------------------------------------------------------
 
 
-class LabAsyncServer(fast_socketio.EngineIOHooks):
+class LabAsyncServer(socketio.AsyncServer):
     """python-socketio's ``AsyncServer`` plus what a teaching server must add.
 
-    Three Engine.IO hooks of python-socketio are extended (:class:`~labserver._fast.socketio.
-    EngineIOHooks` calls these after, or around, the original): a new Engine.IO connection is
-    counted (``open``) and registered with ``POST /drop``; its end is uncounted; a message
-    that cannot be parsed as Socket.IO drops the client instead of raising inside the library
-    (python-socketio would log it and keep the client).
+    python-socketio handles Engine.IO's ``connect``, ``message`` and ``disconnect`` with
+    handlers it registers on its Engine.IO server (``eio.on``, public API). This server wraps
+    each one (:meth:`hook_engineio`): a new Engine.IO connection is counted (``open``) and
+    registered with ``POST /drop``; its end is uncounted; a message that cannot be parsed as
+    Socket.IO drops the client instead of raising inside the library (python-socketio would
+    log it and keep the client).
     """
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.app = app
+        self.hook_engineio()
         if app[FAST]:
             fast_socketio.install(self)  # the fan-out may write to an idle WebSocket's socket
         self.tracked: dict[str, int] = {}  # session id → its key in app[CONNECTIONS]
         self.upgrades: dict[str, web.Request] = {}  # session id → its WebSocket upgrade
+
+    def hook_engineio(self) -> None:
+        """Wrap the three handlers python-socketio gave its Engine.IO server (``eio.handlers``,
+        set with the public ``eio.on``), without naming python-socketio's own methods."""
+        originals = {event: self.eio.handlers.get(event)
+                     for event in ("connect", "message", "disconnect")}
+        if not all(map(callable, originals.values())):
+            version = importlib.metadata.version("python-socketio")
+            raise RuntimeError(f"python-socketio {version}: its Engine.IO server has no "
+                               "handlers for connect, message and disconnect (eio.handlers)")
+
+        async def connect(eio_sid: str, environ: dict[str, Any], *args: Any) -> Any:
+            result = await originals["connect"](eio_sid, environ, *args)
+            self.engineio_connected(eio_sid)
+            return result
+
+        async def message(eio_sid: str, data: Any) -> None:
+            try:
+                await originals["message"](eio_sid, data)
+            except Exception as exc:  # anything the client's bytes made the parser raise
+                await self.unparsable(eio_sid, exc)
+
+        async def disconnect(eio_sid: str, *args: Any) -> None:
+            self.engineio_disconnecting(eio_sid, args[0] if args else None)
+            try:
+                await originals["disconnect"](eio_sid, *args)
+            finally:
+                self.engineio_disconnected(eio_sid)
+
+        for event, handler in (("connect", connect), ("message", message),
+                               ("disconnect", disconnect)):
+            self.eio.on(event, handler)
 
     @property
     def counters(self) -> TransportCounters:

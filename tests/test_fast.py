@@ -18,7 +18,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import socketio
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 from labserver import _fast
@@ -54,14 +53,6 @@ def test_a_missing_engineio_part_is_named_with_its_version(
     assert _fast.problems() == [f"python-engineio {version} (labserver was checked with "
                                 f"{_fast.CHECKED_WITH['python-engineio']}): the aiohttp "
                                 "driver's WebSocket keeps no _sock"]
-
-
-def test_a_missing_socketio_hook_is_named_with_its_version(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(socketio.AsyncServer, "_handle_eio_message")
-    (problem,) = _fast.problems()
-    assert problem.startswith(f"python-socketio {importlib.metadata.version('python-socketio')} ")
-    assert problem.endswith("AsyncServer has no _handle_eio_message")
 
 
 def test_cpython_and_the_platform_are_checked_too(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -701,8 +701,9 @@ def test_browser_the_chapters_page_unchanged_on_port_8005(
 
 
 def test_the_parts_of_python_engineio_its_docs_do_not_promise_are_there() -> None:
-    """socketio.py and chat.py use three parts of python-engineio that are public by name but
-    not documented: ``AsyncServer.sockets`` (the sessions by sid, for a session's transport
+    """socketio.py and chat.py use four parts of python-engineio that are public by name but
+    not documented: ``AsyncServer.handlers`` (python-socketio's own handlers, which
+    LabAsyncServer wraps), ``AsyncServer.sockets`` (the sessions by sid, for a session's transport
     and its forced close), ``AsyncSocket.close(abort=, reason=)``, and the aiohttp request in
     the WSGI-style environ (``environ["aiohttp.request"]``: the cookie, the origin, the client
     address). The fast tier's canary cannot cover them (with the tier off they are still
@@ -719,5 +720,8 @@ def test_the_parts_of_python_engineio_its_docs_do_not_promise_are_there() -> Non
         f"{version}: AsyncServer.sockets is no longer the dict of sessions"
     close = inspect.signature(async_socket.AsyncSocket.close).parameters
     assert {"abort", "reason"} <= set(close), f"{version}: AsyncSocket.close lost abort=, reason="
+    handlers = socketio.AsyncServer(async_mode="aiohttp").eio.handlers
+    assert {"connect", "message", "disconnect"} <= set(handlers), \
+        f"{version}: python-socketio no longer registers its handlers in eio.handlers"
     assert "'aiohttp.request': request" in inspect.getsource(driver.translate_request), \
         f"{version}: the aiohttp driver no longer puts the request in environ['aiohttp.request']"

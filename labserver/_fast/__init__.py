@@ -9,8 +9,7 @@ implementation modules apart the same way):
 * :mod:`.keepalive` — kept-alive long polls served off aiohttp (``polling`` wraps its route);
 * :mod:`.fanout` — per-client work a write: SSE's writer behind ``StreamResponse``, and the
   one slow-client rule (:func:`.fanout.too_slow`) every push transport applies;
-* :mod:`.socketio` — the Socket.IO fan-out's direct write to idle WebSockets, and the
-  Engine.IO hooks of python-socketio;
+* :mod:`.socketio` — the Socket.IO fan-out's direct write to idle WebSockets;
 * :mod:`.aiohttp_private` — the private names of aiohttp, read there and nowhere else.
 
 Nothing outside this package reads a private attribute of aiohttp, python-engineio,
@@ -24,8 +23,6 @@ names the package and the version that broke it. What it checks:
 * **python-engineio**: ``AsyncServer._async`` (its table of async classes), the aiohttp
   driver's ``WebSocket._sock``, the session's ``_websocket_handler`` handed to it as a bound
   method (``handler.__self__``), and the session and socket attributes the fan-out reads;
-* **python-socketio**: ``AsyncServer._handle_eio_connect``, ``_handle_eio_disconnect`` and
-  ``_handle_eio_message``, which :class:`.socketio.EngineIOHooks` extends;
 * **CPython**: ``asyncio.Queue._getters`` (an idle writer task waits there);
 * the **platform**: the tier was tested on Linux and macOS.
 
@@ -40,9 +37,9 @@ socket either way (:class:`labserver.counters.CountingConnection`, public APIs o
 runner's private ``_make_server`` hook, to count bytes; ``chat.py`` read aiohttp's
 ``request._transport_sockname``. The source check keeps them out.)
 
-Still outside it, and so still needed with the tier off: python-socketio's Engine.IO hooks
-(:class:`.socketio.EngineIOHooks`), which count Socket.IO's ``open`` connections and register
-them with ``POST /drop``.
+(Once in the tier, no longer: python-socketio's undocumented ``_handle_eio_*`` methods, which
+Socket.IO's counting and ``POST /drop`` extended; :class:`labserver.socketio.LabAsyncServer`
+now wraps the handlers python-socketio registers with Engine.IO's public ``on``.)
 """
 
 from __future__ import annotations
@@ -124,16 +121,6 @@ def engineio_problems() -> list[str]:
     return found  # (the socket's closed and compress are aiohttp's public WebSocketResponse's)
 
 
-def socketio_problems() -> list[str]:
-    try:
-        import socketio
-    except ImportError as exc:
-        return [named("python-socketio", f"cannot be imported as before: {exc}")]
-    hooks = ("_handle_eio_connect", "_handle_eio_disconnect", "_handle_eio_message")
-    return [named("python-socketio", f"AsyncServer has no {hook}") for hook in hooks
-            if not inspect.iscoroutinefunction(vars(socketio.AsyncServer).get(hook))]
-
-
 def cpython_problems() -> list[str]:
     getters = getattr(asyncio.Queue(), "_getters", None)
     if getters is None or not hasattr(getters, "__iter__"):
@@ -151,5 +138,5 @@ def platform_problems() -> list[str]:
 def problems() -> list[str]:
     """Every undocumented part the tier relies on that this installation no longer has, each
     named with the package and its version; empty when all is as read."""
-    return (aiohttp_problems() + engineio_problems() + socketio_problems() + cpython_problems()
+    return (aiohttp_problems() + engineio_problems() + cpython_problems()
             + platform_problems())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import socketio
 from engineio.async_drivers import aiohttp as engineio_aiohttp
 
 
@@ -88,34 +87,3 @@ def unsent_bytes(session: Any) -> int:
     socket holds its backlog in its send buffer, not in python-engineio's queue."""
     websocket = getattr(session, "lab_websocket", None)
     return websocket.transport.get_write_buffer_size() if websocket is not None else 0
-
-
-class EngineIOHooks(socketio.AsyncServer):
-    """python-socketio's ``AsyncServer`` whose three Engine.IO hooks (undocumented methods:
-    ``_handle_eio_connect``, ``_handle_eio_disconnect``, ``_handle_eio_message``) call the
-    subclass's :meth:`engineio_connected`, :meth:`engineio_disconnecting` (before the
-    original), :meth:`engineio_disconnected` (after it) and :meth:`unparsable` (a message the
-    original raised on)."""
-
-    def engineio_connected(self, eio_sid: str) -> None: ...
-    def engineio_disconnecting(self, eio_sid: str, reason: Any) -> None: ...
-    def engineio_disconnected(self, eio_sid: str) -> None: ...
-    async def unparsable(self, eio_sid: str, exc: Exception) -> None: ...
-
-    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> Any:
-        result = await super()._handle_eio_connect(eio_sid, environ)
-        self.engineio_connected(eio_sid)
-        return result
-
-    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
-        self.engineio_disconnecting(eio_sid, reason)
-        try:
-            await super()._handle_eio_disconnect(eio_sid, reason)
-        finally:
-            self.engineio_disconnected(eio_sid)
-
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
-        try:
-            await super()._handle_eio_message(eio_sid, data)
-        except Exception as exc:  # anything the client's bytes made the parser raise
-            await self.unparsable(eio_sid, exc)
