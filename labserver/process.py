@@ -10,7 +10,9 @@ kernel closes a dead process's pipes. That works on Linux and macOS alike, unlik
 ``PR_SET_PDEATHSIG``. The child reads its options as the first line of that pipe (after its
 imports, so that a child can be started ahead of need: :func:`keep_spare`), reports its port on
 its standard output, then sends its own output to a bounded log file (``srv.log_path``), so
-nothing it prints lands in a notebook cell.
+nothing it prints lands in a notebook cell. Under :func:`keep_spare` (a test suite) children are
+forked from a :mod:`multiprocessing` fork server instead, tied the same way: the parent holds
+the write end of a pipe the child reads until end-of-file, and the port comes back on another.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import json
 import logging
 import logging.handlers
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -159,19 +162,41 @@ def start(**options: Any) -> Server:
     return _spawn({"options": config}, opts)
 
 
-def keep_spare(enabled: bool = True) -> None:
-    """Keep one child ready for the next :func:`start`, its imports already done (about 0.4 s of
-    CPU). A test suite that starts hundreds of servers saves that time on each; it is off by
-    default because in a lesson the spare would import on the other core while a cell measures.
+def keep_spare(enabled: bool = True, fork: bool = True) -> None:
+    """Start the next :func:`start`'s child with its imports already done (about 0.6 s of CPU
+    each). A test suite that starts hundreds of servers saves that on each; it is off by
+    default because in a lesson the spare would work on the other core while a cell measures.
+
+    Where the platform has it (Linux, macOS), children are forked from one
+    :mod:`multiprocessing` fork server that imported labserver once, so each start costs a fork,
+    not an interpreter's imports; elsewhere (or with ``fork=False``) one spare child is kept
+    warm.
     """
-    global _keep_spare
-    _keep_spare = enabled
+    global _keep_spare, _forks
+    _keep_spare, _forks = enabled, None
     if not enabled:
         _close_spare()
+    elif fork and "forkserver" in multiprocessing.get_all_start_methods() \
+            and _main_is_safe():
+        _forks = multiprocessing.get_context("forkserver")
+        _forks.set_forkserver_preload(["labserver.app", "labserver.process"])
+
+
+def _main_is_safe() -> bool:
+    """Whether a fork server's child would import nothing of ``__main__``: it runs as
+    ``python -m package`` (pytest), or ``__main__`` has no file (``python -c``, pytest-xdist's
+    workers). A script's child would run the script again, as multiprocessing's children do
+    (its docs: "safe importing of main module")."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:
+        return bool(spec.name.endswith(".__main__"))
+    return getattr(main, "__file__", None) is None
 
 
 _keep_spare = False
 _spare: subprocess.Popen[bytes] | None = None
+_forks: Any = None  # the fork server's context, while keep_spare() is on where it exists
 
 
 def _new_child() -> subprocess.Popen[bytes]:
@@ -202,6 +227,8 @@ def _spawn(config: dict[str, Any], opts: Options) -> Server:
     fd, log_path = tempfile.mkstemp(prefix="labserver-", suffix=".log")
     os.close(fd)
     config["log_path"] = log_path
+    if _forks is not None:
+        return _fork(config, opts, log_path)
     process, _spare = _spare, None
     if process is None or process.poll() is not None:
         process = _new_child()
@@ -230,23 +257,114 @@ def _read_line(process: subprocess.Popen[bytes], timeout_s: float) -> bytes:
     return result[0] if result else b""
 
 
+class _Forked:
+    """A child forked from the fork server, with what :class:`Server` uses of a ``Popen``: its
+    ``stdin`` is the tie (closing it is the end-of-file that stops the child)."""
+
+    def __init__(self, process: Any, tie: Any) -> None:
+        self._process, self.stdin, self.pid = process, tie, process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.exitcode
+
+    def poll(self) -> int | None:
+        return self._process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired("labserver", timeout or 0)
+        return self._process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _fork(config: dict[str, Any], opts: Options, log_path: str) -> Server:
+    """:func:`start` through the fork server: the child gets the read end of the tie and the
+    write end of its report, as the Popen child gets its stdin and stdout."""
+    tie_read, tie = _forks.Pipe(duplex=False)
+    report_read, report = _forks.Pipe(duplex=False)
+    process = _forks.Process(target=_forked_main, args=(config, tie_read, report), daemon=True)
+    process.start()
+    tie_read.close()
+    report.close()
+    child = _Forked(process, tie)
+    try:
+        if not report_read.poll(START_TIMEOUT_S):
+            raise EOFError
+        port = int(report_read.recv()["port"])
+    except (EOFError, OSError, KeyError, TypeError, ValueError):
+        tie.close()
+        terminate(child)  # type: ignore[arg-type]
+        raise RuntimeError(f"labserver did not start; see {log_path}") from None
+    finally:
+        report_read.close()
+    return Server(child, port, opts, log_path)  # type: ignore[arg-type]
+
+
+def _forked_main(config: dict[str, Any], tie: Any, report: Any) -> None:
+    """The fork server's child: a session of its own, nothing on the terminal, then
+    :func:`_run_child` with the tie and the report pipe in place of stdin and stdout."""
+    os.setsid()  # Ctrl-C in a terminal or an interrupted cell is not its signal
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+
+    def wait_for_parent() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            tie.recv()  # nothing is ever sent: this returns at the parent's close, or death
+
+    def ready(port: int) -> None:
+        report.send({"port": port, "pid": os.getpid()})
+        report.close()
+
+    _run_child(config, wait_for_parent, ready)
+
+
 # --- the child's side -------------------------------------------------------------------
 
 
 def _child_main() -> None:
+    """A ``Popen`` child: its options are the first line of stdin, whose end-of-file stops it;
+    its port goes to stdout, which is then sent to /dev/null."""
+    line = sys.stdin.buffer.readline()  # the options: the first line the parent writes
+    if not line:
+        return  # a spare whose parent went away (or no longer needs it)
+
+    def wait_for_eof() -> None:
+        while sys.stdin.buffer.read(4096):
+            pass
+
+    def ready(port: int) -> None:
+        sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # nothing the server prints may land in a notebook cell
+
+    _run_child(json.loads(line), wait_for_eof, ready)
+
+
+def _run_child(config: dict[str, Any], wait_for_parent: Any, ready: Any) -> None:
+    """Serve until ``wait_for_parent()`` returns (the parent's stop, or its death) or SIGTERM;
+    ``ready(port)`` once listening; the log to ``config["log_path"]``; then exit at once."""
     from aiohttp import web
 
     from .app import create_app, serve
 
-    line = sys.stdin.buffer.readline()  # the options: the first line the parent writes
-    if not line:
-        return  # a spare whose parent went away (or no longer needs it)
-    config = json.loads(line)
     log_path = config["log_path"]
     handler = logging.handlers.RotatingFileHandler(log_path, maxBytes=LOG_MAX_BYTES,
                                                    backupCount=1)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
     def make_app() -> web.Application:
         return create_app(**config["options"])
@@ -255,22 +373,14 @@ def _child_main() -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
 
-        def wait_for_eof() -> None:
+        def watch_parent() -> None:
             try:
-                while sys.stdin.buffer.read(4096):
-                    pass
+                wait_for_parent()
             finally:
                 loop.call_soon_threadsafe(stop.set)
 
-        threading.Thread(target=wait_for_eof, daemon=True).start()
+        threading.Thread(target=watch_parent, daemon=True).start()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-
-        def ready(port: int) -> None:
-            sys.stdout.write(json.dumps({"port": port, "pid": os.getpid()}) + "\n")
-            sys.stdout.flush()
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)  # nothing the server prints may land in a notebook cell
-
         await serve(make_app(), stop, ready)
 
     started = time.monotonic()

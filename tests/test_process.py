@@ -96,7 +96,7 @@ def test_a_spare_child_serves_the_next_start_and_exits_when_dropped() -> None:
     from labserver import process
 
     was = process._keep_spare
-    process.keep_spare(True)
+    process.keep_spare(True, fork=False)
     try:
         with labserver.start() as first:
             spare = process._spare
@@ -109,5 +109,25 @@ def test_a_spare_child_serves_the_next_start_and_exits_when_dropped() -> None:
         process.keep_spare(False)
         # within 10 s: a spare still doing its imports on a loaded machine reads its EOF after
         assert process._spare is None and pid_is_gone(left.pid, within_s=10)
+    finally:
+        process.keep_spare(was)
+
+
+def test_forked_children_serve_and_stop_with_their_tie() -> None:
+    """keep_spare() where a fork server exists (pytest runs as ``python -m pytest``, its xdist
+    workers with no ``__main__`` file): each
+    start() forks a child of its own from the server that imported labserver once; closing
+    the tie (stop(), or the parent's death) ends it cleanly, and a failed start says so."""
+    from labserver import process
+
+    was = process._keep_spare
+    process.keep_spare(True)
+    try:
+        assert process._forks is not None, "pytest's __main__ is a package's, or has no file"
+        with labserver.start() as first, labserver.start(log_size=3) as second:
+            assert first.pid != second.pid and os.getpgid(first.pid) == first.pid  # own session
+            assert first.publish({"n": 1}) == 1 and second.stats()["events"]["last_id"] == 0
+            pid = first.pid
+        assert pid_is_gone(pid, within_s=5) and first._process.returncode == 0
     finally:
         process.keep_spare(was)
