@@ -12,6 +12,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 import labserver
 
@@ -70,8 +71,14 @@ time.sleep(60)
 """
 
 
-def test_a_killed_parent_leaves_no_server_behind() -> None:
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE)
+@pytest.mark.parametrize("how", ["popen", "forked"])
+def test_a_killed_parent_leaves_no_server_behind(how: str) -> None:
+    """A kernel restart kills the parent: its server goes too, started as a plain child or
+    forked from the fork server of keep_spare() (which dies with the parent as well)."""
+    code = PARENT if how == "popen" else \
+        ("import labserver.process\nlabserver.process.keep_spare()\n"
+         "assert labserver.process._forks is not None\n" + PARENT)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         child = json.loads(parent.stdout.readline())
         assert not port_is_free(child["port"])
