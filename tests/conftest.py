@@ -22,7 +22,8 @@ from labserver.app import serving  # noqa: F401 (tests call conftest.serving)
 from labserver.browser import chromium_sync, find_chromium  # one home for launching Chromium
 from labserver.children import answers, free_port, terminate, wait_until
 
-# Hundreds of tests start a server: keep one child warm (its imports done) for the next start.
+# Hundreds of tests start a server: fork each from a fork server whose imports are done
+# (labserver.process.keep_spare; a warm spare child where there is no fork server).
 labserver.process.keep_spare()
 
 # A test run (nbval's kernels inherit this environment) never rewrites the committed
