@@ -327,3 +327,43 @@ def fast_tier_of_module(request: Any) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LABSERVER_FAST", "0")
         yield
+
+
+#: Lessons run again, strict nbval, with the tier off: the ones whose every claim holds there
+#: (03, 03b and 04 claim labserver's own WebSocket protocol; 06 and 07 pass too, but cost 50 s).
+FAST_OFF_LESSONS = FAST_OFF_DIR / "lessons.txt"
+
+
+def pytest_collect_file(file_path: Path, parent: Any) -> Any:
+    if file_path == FAST_OFF_LESSONS and parent.config.option.nbval:
+        return FastOffLessons.from_parent(parent, path=file_path)
+    return None
+
+
+class FastOffLessons(pytest.File):
+    """The lessons named in ``tests/fast_off/lessons.txt``, each a notebook collector whose
+    kernel starts with ``LABSERVER_FAST=0`` (so every ``labserver.start()`` in it has the tier
+    off); node ids ``tests/fast_off/lessons.txt::01_polling.ipynb::Cell N``."""
+
+    def collect(self) -> Iterator[Any]:
+        notebooks = Path(__file__).parent.parent / "notebooks"
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            name = line.split("#")[0].strip()
+            if name:
+                yield FastOffNotebook.from_parent(self, path=notebooks / name, name=name,
+                                                  nodeid=f"{self.nodeid}::{name}")
+
+
+def _fast_off_notebook_class() -> Any:
+    from nbval.plugin import IPyNbFile
+
+    class FastOffNotebook(IPyNbFile):  # type: ignore[misc]
+        def setup(self) -> None:
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("LABSERVER_FAST", "0")
+                super().setup()  # the kernel inherits the environment as it starts
+
+    return FastOffNotebook
+
+
+FastOffNotebook = _fast_off_notebook_class()
