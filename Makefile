@@ -52,9 +52,9 @@ else
 endif
 
 # One pytest session, two workers; each test file and each notebook stays on one of them.
-# tests/fast_off/ runs the transports' test files again with labserver's fast tier off
-# (LABSERVER_FAST=0: every transport on the libraries' public APIs alone, as when its canary finds
-# a private part missing); see FAST_OFF_DIR in tests/conftest.py.
+# tests/fast_off/ runs the transports' test files and four lessons again with labserver's fast
+# tier off (LABSERVER_FAST=0: every transport on the libraries' public APIs alone, as when its
+# canary finds a private part missing); see FAST_OFF_DIR in tests/conftest.py.
 test: $(STAMP)
 	$(BIN)/ruff check labserver tests benchmarks claims i18n
 	$(BIN)/python -m pytest -n 2 --dist loadfile
