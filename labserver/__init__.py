@@ -19,7 +19,8 @@ nodes), ``measure`` and ``clients`` (what the lessons measure with), ``productio
 drivers: idle streams, nginx's logs, pages in Chromium), ``screenshot`` (a demo page's
 picture, taken in the run), ``claims`` (a lesson's claim: predicted, measured, asserted),
 ``labdriver`` (the lessons opened in JupyterLab in Chromium), and the plumbing beneath them,
-``browser`` (one Chromium launcher) and ``children`` (free ports, waits, watchdogs). What
+``browser`` (one Chromium launcher), ``children`` (free ports, waits, watchdogs) and
+``tasks`` (background tasks and their cancelling). What
 exists only to be fast — connections taken from aiohttp, kept-alive long polls, the direct
 writes of SSE and Socket.IO — is the private tier ``_fast``, the only code that reads the
 libraries' private parts, checked by its canary (``labserver._fast.problems()``); without it

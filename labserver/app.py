@@ -36,6 +36,7 @@ from .events import LogUnavailable, MemoryLog
 from .keys import CONNECTIONS, COUNTERS, FAST, LISTENING, LOG, OPTIONS, TRANSPORTS, Listening
 from .options import Options
 from .params import read_json_object
+from .tasks import background
 from .transports import Transports
 
 log = logging.getLogger("labserver")
@@ -243,11 +244,8 @@ async def ticker(app: web.Application) -> Any:
             n += 1
             await app[LOG].publish({"text": "A message from the server.", "tick": n})
 
-    task = asyncio.create_task(run())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
-        await task
+    async with background(run()):
+        yield
 
 
 async def follow_cluster(app: web.Application) -> Any:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .counters import stats_diff
+from .tasks import cancel_all
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,7 @@ async def experiment(srv: StatsPublisher, clients: Mapping[str, Callable[[Client
         release.set()
         await asyncio.wait_for(asyncio.gather(*tasks), CONNECT_TIMEOUT_S)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
 
 
 async def until(tasks: list[asyncio.Task[None]], events: list[asyncio.Event],

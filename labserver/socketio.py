@@ -47,8 +47,6 @@ Routes reach this server the way the chapter's ``req.app.get('io')`` does:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.metadata
 import json
 import logging
@@ -66,6 +64,7 @@ from .counters import TransportCounters
 from .errors import json_error
 from .events import Event, EventLog
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS, SIO
+from .tasks import background
 from .transports import Transport, register
 from .whoami import origin_allowed
 from .wsframes import TEXT, frame
@@ -455,11 +454,8 @@ def create_server(app: web.Application) -> LabAsyncServer:
 
 async def fan_out_ctx(app: web.Application) -> AsyncIterator[None]:
     sio = app[SIO]
-    task = sio.start_background_task(app[FAN_OUT].run)
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
-        await task
+    async with background(app[FAN_OUT].run(), name="socketio-fan-out"):
+        yield
     await sio.shutdown()
 
 

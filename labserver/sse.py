@@ -65,6 +65,7 @@ from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
 from .options import Options
 from .params import cursor
+from .tasks import cancel_all
 from .transports import Transport, register
 
 log = logging.getLogger("labserver.sse")
@@ -256,9 +257,7 @@ async def sse(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:
             pass
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
             finished.set()
     log.info("sse client disconnected %s", address)
     return response

@@ -47,7 +47,6 @@ Pong, failing the connection — are :class:`labserver.wsprotocol.ServerProtocol
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -63,6 +62,7 @@ from .errors import bad_request, json_error
 from .events import Event, EventLog, Subscription
 from .keys import CONNECTIONS, COUNTERS, FAST, LOG, OPTIONS
 from .params import parse_after, query_seconds
+from .tasks import background, cancel_all
 from .transports import Transport, register
 from .whoami import client_address, origin_allowed
 from .wsframes import (
@@ -544,9 +544,7 @@ async def websocket_by_aiohttp(request: web.Request, after: int | None,
         except ConnectionResetError:
             pass
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_all(tasks)
     log.info("ws client disconnected %s (close code %s)", address, ws.close_code)
     return ws
 
@@ -574,11 +572,8 @@ async def heartbeat(app: web.Application) -> AsyncIterator[None]:
                 connection.answered = False
                 connection.ping()
 
-    task = asyncio.create_task(sweep(), name="ws-heartbeat")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
-        await task
+    async with background(sweep(), name="ws-heartbeat"):
+        yield
 
 
 def parse_every_s(request: web.Request) -> float | None:

@@ -43,7 +43,6 @@ and the ``open`` gauge while a request is held.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,6 +57,7 @@ from ..events import EventLog, Page
 from ..keys import LOG
 from ..options import LONG_POLL_DEFAULT_S, LONG_POLL_MAX_S
 from ..params import cursor, seconds_between
+from ..tasks import background
 from .takeover import (
     HeadLimits,
     can_take_over,
@@ -362,11 +362,8 @@ async def close_idle(app: web.Application) -> AsyncIterator[None]:
                     connection.transport.close()
                 connection.active = False
 
-    task = asyncio.create_task(sweep(), name="long-poll-idle")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):  # as aiohttp's background_tasks example
-        await task
+    async with background(sweep(), name="long-poll-idle"):
+        yield
 
 
 async def close_all(app: web.Application) -> None:
