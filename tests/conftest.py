@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nbval.plugin import IPyNbFile
 
 import labserver
 import labserver.process
 from labserver.app import serving  # noqa: F401 (tests call conftest.serving)
 from labserver.browser import chromium_sync, find_chromium  # one home for launching Chromium
 from labserver.children import answers, free_port, terminate, wait_until
+from labserver.options import fast_by_default  # the tier as the environment says now
 
 # Hundreds of tests start a server: fork each from a fork server whose imports are done
 # (labserver.process.keep_spare; a warm spare child where there is no fork server).
@@ -281,14 +283,6 @@ def fast_off_copy(module_name: str, namespace: dict[str, Any]) -> None:
     namespace.update({k: v for k, v in vars(module).items() if not k.startswith("__")})
 
 
-def fast_by_default() -> bool:
-    """The tier as the environment says now: at collection, as this run was started
-    (``LABSERVER_FAST=0 pytest …`` turns it off throughout); in a tests/fast_off module, off."""
-    from labserver.options import fast_by_default as from_environment
-
-    return from_environment()
-
-
 def in_fast_off(node: Any) -> bool:
     return Path(node.path).parent == FAST_OFF_DIR
 
@@ -354,16 +348,8 @@ class FastOffLessons(pytest.File):
                                                   nodeid=f"{self.nodeid}::{name}")
 
 
-def _fast_off_notebook_class() -> Any:
-    from nbval.plugin import IPyNbFile
-
-    class FastOffNotebook(IPyNbFile):  # type: ignore[misc]
-        def setup(self) -> None:
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("LABSERVER_FAST", "0")
-                super().setup()  # the kernel inherits the environment as it starts
-
-    return FastOffNotebook
-
-
-FastOffNotebook = _fast_off_notebook_class()
+class FastOffNotebook(IPyNbFile):  # type: ignore[misc]
+    def setup(self) -> None:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("LABSERVER_FAST", "0")
+            super().setup()  # the kernel inherits the environment as it starts

@@ -195,11 +195,12 @@ def test_the_fast_tier_is_on_here_and_off_in_the_fast_off_copy(request: pytest.F
     import conftest
 
     from labserver.keys import FAST
+    from labserver.options import fast_by_default
 
     if conftest.in_fast_off(request.node):
         assert os.environ.get("LABSERVER_FAST") == "0" and labserver.create_app()[FAST] is False
     else:  # on, unless this whole run was started with LABSERVER_FAST=0
-        assert labserver.create_app()[FAST] is conftest.fast_by_default()
+        assert labserver.create_app()[FAST] is fast_by_default()
 
 
 async def test_serving_serves_until_the_block_ends_and_raises_what_serve_raised() -> None:
